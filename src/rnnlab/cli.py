@@ -1,0 +1,291 @@
+"""The `rnnlab` command: parse flags -> build configs -> call the library -> print.
+
+Every subcommand turns user mistakes (RnnlabError) into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rnnlab.config import (DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig, add_flags,
+                           build_run_config, build_section, merge, overrides_from_args)
+from rnnlab.data.corpus import encode_file_to_memmap, prepare_corpus, read_text_chunks, resolve_text_path
+from rnnlab.data.vocab import describe_chars
+from rnnlab.errors import ConfigError, CorpusError, RnnlabError
+from rnnlab.evaluation import evaluate_tokens
+from rnnlab.sampling import beam_search, generate, make_stepper
+from rnnlab.training.checkpoint import load_checkpoint
+from rnnlab.training.loop import StopRequest, select_device, train
+
+log = logging.getLogger("rnnlab")
+
+# Settings that may differ from the checkpoint's when resuming: they do not change the run's math
+# (the stop limits only move where the run ends; the cosine schedule follows the new horizon).
+RESUME_ADJUSTABLE = {"max_epochs", "max_steps", "max_minutes", "device", "threads", "eval_every", "log_every",
+                     "keep_last", "sample_length"}
+ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnlab", description="Train, sample and evaluate recurrent language models.")
+    parser.add_argument("--quiet", action="store_true", help="only print results and errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a model on a text file",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("data", metavar="DATA", nargs="?", default=None,
+                   help="UTF-8 text file or folder with input.txt (default: embedded tinyshakespeare)")
+    p.add_argument("--config", metavar="FILE.toml", help="a preset (see configs/); flags override it")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue this run exactly (a file, or a folder's last)")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="start a new run from these weights and vocabulary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(p, "data", DataConfig, skip=("path",))
+    add_flags(p, "model", ModelConfig)
+    add_flags(p, "train", TrainConfig)
+    p.set_defaults(handler=cmd_train)
+
+    p = commands.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    add_flags(p, "sample", SampleConfig)
+    p.set_defaults(handler=cmd_sample)
+
+    p = commands.add_parser("eval", help="cross-entropy, bits per character and perplexity of a text file")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
+    p.add_argument("file", metavar="FILE", help="UTF-8 text file to score")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--batch-size", type=int, default=64, help="parallel streams (default: 64)")
+    p.add_argument("--seq-length", type=int, default=0, help="steps per chunk (default: the training seq_length)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
+    p.set_defaults(handler=cmd_eval)
+
+    p = commands.add_parser("prepare", help="prepare (cache) the token file of a text corpus")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file or folder with input.txt")
+    add_flags(p, "data", DataConfig, skip=("path",))
+    p.set_defaults(handler=cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return args.handler(args) or 0
+    except RnnlabError as exc:
+        print(f"rnnlab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rnnlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `rnnlab sample ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        print(f"rnnlab: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}",
+              file=sys.stderr)
+        return 1
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    overrides = overrides_from_args(args)
+    if args.data is not None:
+        overrides.setdefault("data", {})["path"] = args.data
+    if args.resume and args.init_from:
+        raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
+    if args.resume:
+        config = _resume_config(args.resume, overrides, args.config)
+    elif args.init_from:
+        config = _init_from_config(args.init_from, overrides, args.config)
+    else:
+        config = build_run_config(args.config, overrides)
+
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, lambda num, _frame: stop.request(f"received {signal.Signals(num).name}"))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = train(config, resume=args.resume, init_from=args.init_from, stop=stop,
+                       progress_bar=not args.no_progress and not args.quiet)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    print(f"{'interrupted' if result.interrupted else 'done'} after {result.steps} steps "
+          f"(epoch {result.epoch:.2f}); {result.num_parameters:,} parameters")
+    print(f"last checkpoint: {result.last_checkpoint}")
+    print(f"best checkpoint: {result.best_checkpoint} (val loss {result.best_val_loss:.4f} nats/char)")
+    if result.hint:
+        print(f"hint: {result.hint}")
+    if config.train.sample_length and not result.interrupted:
+        _print_preview(result.best_checkpoint, config.train.sample_length, config.train.seed)
+    return 0
+
+
+def _resume_config(checkpoint: str, overrides: dict, config_file: str | None) -> RunConfig:
+    if config_file:
+        raise ConfigError("--resume uses the checkpoint's own config; drop --config")
+    saved = load_checkpoint(checkpoint, prefer="last", weights_only=True).config
+    changed = {f"{section}.{key}" for section, values in overrides.items() for key, value in values.items()
+               if getattr(getattr(saved, section), key) != value and key not in RESUME_ADJUSTABLE}
+    if changed:
+        raise ConfigError(f"cannot change {', '.join(sorted(changed))} when resuming (it would not be the same run); "
+                          f"use --init-from to start a new run from the checkpoint")
+    config = RunConfig.from_dict(merge(saved.to_dict(), overrides))
+    config.validate()
+    return config
+
+
+def _init_from_config(checkpoint: str, overrides: dict, config_file: str | None) -> RunConfig:
+    saved = load_checkpoint(checkpoint, weights_only=True).config.model
+    config = build_run_config(config_file, overrides)
+    given = overrides.get("model", {})
+    clash = [k for k in ARCHITECTURE if k in given and given[k] != getattr(saved, k)]
+    if clash:
+        raise ConfigError(f"--init-from keeps the checkpoint's architecture; it has "
+                          f"{', '.join(f'{k}={getattr(saved, k)}' for k in clash)}")
+    config.model = ModelConfig(**{**saved.__dict__, "dropout": given.get("dropout", saved.dropout)})
+    config.validate()
+    return config
+
+
+def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
+    ckpt = load_checkpoint(checkpoint, weights_only=True)
+    model = ckpt.build_model("cpu")
+    config = SampleConfig(length=length, seed=seed)
+    print("sample:")
+    _stream_sample(model, ckpt.vocab, _default_prime(ckpt.vocab), config, echo_prime="")
+
+
+# --- sample --------------------------------------------------------------------------------------
+
+def cmd_sample(args) -> int:
+    overrides = overrides_from_args(args).get("sample", {})
+    config = build_section(SampleConfig, overrides)
+    ckpt = load_checkpoint(args.checkpoint, weights_only=True)
+    vocab = ckpt.vocab
+    model = ckpt.build_model(select_device(args.device))
+    prime_text = _read_prime(config)
+    unknown = vocab.unknown_characters(prime_text)
+    if unknown and config.unknown == "error":
+        raise RnnlabError(f"the prime text has characters the model's vocabulary lacks: {describe_chars(unknown)} "
+                          f"(use --unknown skip to drop them)")
+    if unknown:
+        log.warning("dropping prime characters not in the vocabulary: %s", describe_chars(unknown))
+        prime_text = vocab.drop_unknown(prime_text)
+    prime_ids = vocab.encode(prime_text).tolist() if prime_text else _default_prime(vocab)
+    if config.beam_width:
+        ids = beam_search(make_stepper(model, config), prime_ids, config.length, config.beam_width)
+        sys.stdout.write(prime_text + vocab.decode(ids) + "\n")
+        return 0
+    _stream_sample(model, vocab, prime_ids, config, echo_prime=prime_text)
+    return 0
+
+
+def _read_prime(config: SampleConfig) -> str:
+    if config.prime_file and config.prime_text:
+        raise ConfigError("give --prime-text or --prime-file, not both")
+    if not config.prime_file:
+        return config.prime_text
+    path = resolve_text_path(config.prime_file)
+    return "".join(read_text_chunks(path))
+
+
+def _default_prime(vocab) -> list[int]:
+    """With no prime text, start as if after a line break (the most natural place for text to begin)."""
+    return vocab.encode("\n").tolist() if "\n" in vocab else []
+
+
+def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: str) -> None:
+    out = sys.stdout
+    stepper = make_stepper(model, config)
+    if config.num_samples == 1:
+        out.write(echo_prime)
+        interactive = out.isatty()
+        for token in generate(stepper, prime_ids, config):
+            ch = vocab.chars[int(token[0])]
+            out.write(ch)
+            if interactive or ch == "\n":
+                out.flush()
+        out.write("\n")
+        out.flush()
+        return
+    columns = [[] for _ in range(config.num_samples)]
+    for tokens in generate(stepper, prime_ids, config):
+        for column, token in zip(columns, tokens.tolist()):
+            column.append(token)
+    for i, column in enumerate(columns):
+        out.write(f"--- sample {i + 1} ---\n{echo_prime}{vocab.decode(column)}\n")
+    out.flush()
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+def cmd_eval(args) -> int:
+    if args.batch_size <= 0 or args.seq_length < 0:
+        raise ConfigError("--batch-size must be > 0 and --seq-length >= 0")
+    ckpt = load_checkpoint(args.checkpoint, weights_only=True)
+    device = select_device(args.device)
+    model = ckpt.build_model(device)
+    text_path = resolve_text_path(args.file)
+    seq_length = args.seq_length or ckpt.config.train.seq_length
+    with tempfile.TemporaryDirectory(prefix="rnnlab-eval-") as scratch:
+        try:
+            tokens = encode_file_to_memmap(text_path, ckpt.vocab, Path(scratch) / "tokens.bin")
+        except RnnlabError as exc:
+            raise CorpusError(f"{text_path}: {exc}") from None
+        if len(tokens) < 2:
+            raise CorpusError(f"{text_path} needs at least two characters to score")
+        result = evaluate_tokens(model, tokens, args.batch_size, seq_length, device)
+        del tokens
+    report = result.as_dict("char")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"file: {text_path}\ncharacters scored: {result.tokens:,}\n"
+              f"nats per character: {result.nats_per_token:.4f}\nbits per character: {result.bits_per_token:.4f}\n"
+              f"perplexity (e^H, H in nats): {result.perplexity:.4f}\n"
+              f"perplexity (2^H, H in nats, the blog's convention): {result.perplexity_base2:.4f}")
+    return 0
+
+
+# --- prepare -------------------------------------------------------------------------------------
+
+def cmd_prepare(args) -> int:
+    overrides = overrides_from_args(args).get("data", {})
+    data = build_section(DataConfig, {**overrides, "path": args.data})
+    corpus = prepare_corpus(data.path, data.cache_dir)
+    splits = corpus.splits(data.val_frac, data.test_frac)
+    meta = corpus.meta
+    print(f"source: {meta['source']}\ncharacters: {meta['tokens']:,}\nvocabulary: {meta['vocab_size']} "
+          f"characters ({meta['dtype']} ids)\nsplits: train {len(splits.train):,} / val {len(splits.val):,} / "
+          f"test {len(splits.test):,}\ncache: {Path(corpus.tokens.filename).parent}")
+    return 0
+
+
+# --- logging -------------------------------------------------------------------------------------
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _configure_logging(quiet: bool) -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+    torch.set_printoptions(precision=4)

@@ -1,0 +1,289 @@
+"""The one source of hyperparameters: typed dataclasses, TOML presets and CLI overrides.
+
+Every CLI flag of `rnnlab train` and `rnnlab sample` is derived from a field below (its name with
+dashes, its type, its help text and its choices), so adding a setting means adding one field.
+Values are merged in this order: dataclass defaults < TOML file < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rnnlab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+def setting(default: Any, help: str, choices: tuple | None = None, flag: str | None = None) -> Any:
+    """A dataclass field that carries its CLI help text (and optional choices / flag name)."""
+    metadata = {"help": help, "choices": choices, "flag": flag}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DataConfig:
+    path: str | None = setting(
+        None, "UTF-8 text file, or a folder holding input.txt (default: embedded tinyshakespeare)", flag="data"
+    )
+    val_frac: float = setting(0.05, "fraction of the corpus (its end, before test) used for validation")
+    test_frac: float = setting(0.05, "fraction of the corpus (its very end) held out for testing")
+    cache_dir: str | None = setting(
+        None, "where prepared token files go (default: .rnnlab_cache next to the input, else ~/.cache/rnnlab)"
+    )
+
+    def validate(self) -> None:
+        for name in ("val_frac", "test_frac"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if self.val_frac + self.test_frac >= 1.0:
+            raise ConfigError(
+                f"val_frac + test_frac must leave data for training, got {self.val_frac} + {self.test_frac}"
+            )
+
+
+@dataclass
+class ModelConfig:
+    cell: str = setting("lstm", "recurrent cell", choices=("lstm", "gru", "rnn"))
+    num_layers: int = setting(2, "number of stacked recurrent layers")
+    hidden_size: int = setting(512, "units per recurrent layer")
+    embedding_size: int = setting(128, "input embedding width; 0 feeds one-hot vectors as char-rnn does")
+    dropout: float = setting(0.1, "dropout between recurrent layers and before the output layer, in [0, 1)")
+
+    def validate(self) -> None:
+        _positive(self, "num_layers", "hidden_size")
+        if self.embedding_size < 0:
+            raise ConfigError(f"embedding_size must be >= 0 (0 = one-hot), got {self.embedding_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = setting(64, "parallel streams per batch")
+    seq_length: int = setting(128, "time steps per batch; gradients never flow further back")
+    learning_rate: float = setting(3e-3, "peak learning rate")
+    optimizer: str = setting("adam", "optimizer", choices=("adam", "adamw", "rmsprop", "sgd"))
+    weight_decay: float = setting(0.0, "L2 penalty (decoupled for adamw)")
+    momentum: float = setting(0.9, "momentum of sgd (Nesterov)")
+    schedule: str = setting(
+        "cosine", "learning-rate schedule", choices=("constant", "char-rnn", "cosine")
+    )
+    warmup_steps: int = setting(0, "linear warm-up steps at the start of the schedule")
+    decay_after: int = setting(10, "char-rnn schedule: first epoch after which the rate decays")
+    decay_rate: float = setting(0.97, "char-rnn schedule: factor applied once per epoch after decay_after")
+    min_lr_frac: float = setting(0.05, "cosine schedule: final rate as a fraction of the peak")
+    grad_clip: float = setting(5.0, "clip the global gradient norm to this (0 disables)")
+    max_epochs: float = setting(50.0, "stop after this many passes over the training split")
+    max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)")
+    max_minutes: float = setting(0.0, "stop after this many minutes of training (0 = no limit)")
+    eval_every: int = setting(500, "validate on the whole val split and checkpoint every N steps")
+    eval_batch_size: int = setting(64, "parallel streams when validating")
+    log_every: int = setting(50, "write a train-loss line to the run log every N steps")
+    checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written")
+    keep_last: int = setting(3, "keep the newest N checkpoints (the best one is always kept)")
+    loss_guard: float = setting(3.0, "stop when the loss exceeds this multiple of the first loss (0 disables)")
+    sample_length: int = setting(200, "characters of preview printed after training (0 disables)")
+    seed: int = setting(1234, "seed for weights, batching, dropout and previews")
+    device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    threads: int = setting(0, "CPU threads for PyTorch (0 = all cores)")
+
+    def validate(self) -> None:
+        _positive(self, "batch_size", "seq_length", "eval_every", "eval_batch_size", "log_every", "keep_last")
+        _positive_float(self, "learning_rate", "decay_rate", "max_epochs")
+        _non_negative(self, "warmup_steps", "decay_after", "max_steps", "max_minutes", "grad_clip",
+                      "weight_decay", "loss_guard", "sample_length", "threads")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.min_lr_frac <= 1.0:
+            raise ConfigError(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
+
+
+@dataclass
+class SampleConfig:
+    length: int = setting(2000, "characters to generate")
+    temperature: float = setting(1.0, "divide the logits by this (> 0); lower is more conservative")
+    top_k: int = setting(0, "sample only among the k most likely characters (0 = all)")
+    top_p: float = setting(1.0, "sample only from the smallest set holding this probability mass, in (0, 1]")
+    argmax: bool = setting(False, "always take the most likely character (greedy)")
+    beam_width: int = setting(0, "beam search with this many beams for the most likely continuation (0 = off)")
+    num_samples: int = setting(1, "independent samples generated together as one batch")
+    prime_text: str = setting("", "text that warms the model up before generating")
+    prime_file: str | None = setting(None, "read the prime text from this UTF-8 file")
+    unknown: str = setting("error", "prime characters not in the vocabulary", choices=("error", "skip"))
+    seed: int = setting(0, "random seed: the same seed gives the same text on the same machine")
+    fast: bool = setting(True, "use the NumPy single-step engine on CPU (exact fp32; --no-fast uses torch)")
+
+    def validate(self) -> None:
+        _positive(self, "length", "num_samples")
+        _non_negative(self, "top_k", "beam_width")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.beam_width and self.num_samples > 1:
+            raise ConfigError("beam search returns one continuation; drop --num-samples or --beam-width")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "RunConfig":
+        return cls(**{name: _section_from_dict(section_type, raw.get(name, {}), name)
+                      for name, section_type in _sections(cls).items()})
+
+
+def _sections(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _section_from_dict(section_type: type, raw: dict, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where}] must be a table of settings")
+    hints = typing.get_type_hints(section_type)
+    known = {f.name for f in dataclasses.fields(section_type)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(unknown)}")
+    values = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
+    return section_type(**values)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check a TOML/JSON value against a field's type (ints are accepted where floats are)."""
+    base, optional = _unwrap_optional(annotation)
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if base is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(f"{where} must be of type {base.__name__}, got {value!r}")
+    return value
+
+
+def _unwrap_optional(annotation: Any) -> tuple[type, bool]:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return annotation, False
+
+
+def load_toml(path: str | Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge two nested dicts of settings; values in `override` win."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- CLI flags derived from the dataclasses -------------------------------------------------
+
+def add_flags(parser: argparse.ArgumentParser, section: str, section_type: type,
+              skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of `section_type`; parsed values land in `section.field` (None = unset)."""
+    group = parser.add_argument_group(f"{section} settings")
+    hints = typing.get_type_hints(section_type)
+    for f in dataclasses.fields(section_type):
+        if f.name in skip:
+            continue
+        base, _ = _unwrap_optional(hints[f.name])
+        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = base
+            kwargs["metavar"] = f.name.upper() if base is not str else None
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+                kwargs.pop("metavar")
+        group.add_argument(flag, **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """The nested dict of settings that were given on the command line."""
+    nested: dict = {}
+    for dest, value in vars(args).items():
+        if "." not in dest or value is None:
+            continue
+        section, name = dest.split(".", 1)
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def build_run_config(config_file: str | None, overrides: dict) -> RunConfig:
+    raw = load_toml(config_file) if config_file else {}
+    unknown = sorted(set(raw) - set(_sections(RunConfig)))
+    if unknown:
+        raise ConfigError(f"unknown section(s) in {config_file}: {', '.join(unknown)}")
+    config = RunConfig.from_dict(merge(raw, overrides))
+    config.validate()
+    return config
+
+
+def build_section(section_type: type, overrides: dict) -> Any:
+    config = _section_from_dict(section_type, overrides, section_type.__name__)
+    config.validate()
+    return config
+
+
+def _positive(config: Any, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(config, name)}")
+
+
+def _positive_float(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def _non_negative(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not value >= 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}")

@@ -1,0 +1,76 @@
+"""RecurrentLM: ids -> (embedding | one-hot) -> recurrent layers -> dropout -> linear head.
+
+Dimension legend: B = batch, T = time, V = vocabulary, E = embedding width, H = hidden units,
+L = layers. The model knows nothing of files, characters or the CLI: ids in, tensors out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlab.config import ModelConfig
+from rnnlab.models.cells import RecurrentStack, State
+
+
+class RecurrentLM(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, config.embedding_size) if config.embedding_size else None
+        input_size = config.embedding_size or vocab_size
+        self.layers = RecurrentStack(config.cell, input_size, config.hidden_size, config.num_layers, config.dropout)
+        self.output_dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, vocab_size)
+
+    def init_state(self, batch_size: int, device=None) -> State:
+        device = device if device is not None else self.head.weight.device
+        return self.layers.init_state(batch_size, device, self.head.weight.dtype)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, E) embeddings, or (B, T, V) one-hot vectors."""
+        if self.embedding is not None:
+            return self.embedding(tokens)
+        return F.one_hot(tokens, self.vocab_size).to(self.head.weight.dtype)
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None):
+        """tokens (B, T) -> logits (B, T, V), mean cross-entropy in nats (if targets), final state."""
+        hidden, state = self.layers(self.embed(tokens), state)
+        logits = self.head(self.output_dropout(hidden))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size).float(), targets.reshape(-1))
+        return logits, loss, state
+
+    def prime(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Read a prompt (B, T) in one fused pass -> logits after its last token (B, V), state."""
+        logits, _, state = self(tokens.to(self.head.weight.device), state)
+        return logits[:, -1], state
+
+    def step(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """One time step for a batch of ids (B,) -> logits (B, V), new state."""
+        tokens = tokens.to(self.head.weight.device)
+        with _single_step_kernel(tokens.device):
+            logits, _, state = self(tokens[:, None], state)
+        return logits[:, 0], state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _single_step_kernel(device: torch.device):
+    # oneDNN's RNN primitive is built for long sequences; called one step at a time on CPU it spends
+    # its time re-creating the primitive (page faults), ~4x slower than the native kernel.
+    if device.type == "cpu":
+        return torch.backends.mkldnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
+def blog_lstm_parameter_count(vocab_size: int, hidden_size: int, num_layers: int) -> int:
+    """The blog's formula for a one-hot LSTM with one bias per gate and a softmax layer."""
+    v, n, layers = vocab_size, hidden_size, num_layers
+    return 4 * (n * (v + n) + n) + (layers - 1) * 4 * (n * 2 * n + n) + v * n + v

@@ -1,0 +1,236 @@
+"""The one door between disk and model: save, load, migrate, name and prune checkpoints.
+
+A checkpoint is a single safetensors file. Its tensors are the model weights (`model.*`), the
+optimizer's tensors (`optimizer.*`), the carried hidden state (`carry.*`) and RNG states
+(`rng.*`); its header metadata holds one JSON document with the run config, the vocabulary, metrics,
+the optimizer's non-tensor state and the trainer/batcher position. Nothing is ever unpickled, and
+tensors are always loaded onto the CPU first, so a GPU-trained checkpoint samples on a CPU as is.
+
+Files are written to a temporary name in the same folder, flushed to disk and renamed, so a
+checkpoint under its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from rnnlab.config import RunConfig
+from rnnlab.data.vocab import CharVocab, vocab_from_dict
+from rnnlab.errors import CheckpointError, RnnlabError
+from rnnlab.models.lm import RecurrentLM
+
+FORMAT_VERSION = 1
+METADATA_KEY = "rnnlab"
+SUFFIX = ".safetensors"
+POINTERS = ("best", "last")
+
+# format_version -> function upgrading a metadata document from that version to the next one.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: RunConfig
+    vocab: CharVocab
+    metrics: dict
+    trainer: dict
+    model_state: dict[str, torch.Tensor]
+    optimizer_meta: dict | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # optimizer/carry/rng tensors
+
+    def build_model(self, device: str | torch.device = "cpu") -> RecurrentLM:
+        model = RecurrentLM(self.config.model, len(self.vocab))
+        if model.head.out_features != len(self.vocab):
+            raise CheckpointError(f"{self.path}: the output layer does not match the vocabulary")
+        try:
+            model.load_state_dict(self.model_state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"{self.path}: weights do not fit the saved config ({first})") from None
+        return model.to(device).eval()
+
+    def optimizer_state(self) -> dict | None:
+        if self.optimizer_meta is None:
+            return None
+        return _unflatten_optimizer(self.optimizer_meta, self.tensors)
+
+    def prefixed(self, prefix: str) -> list[torch.Tensor]:
+        keys = sorted((k for k in self.tensors if k.startswith(prefix)), key=lambda k: int(k.rsplit(".", 1)[1]))
+        return [self.tensors[k] for k in keys]
+
+
+def checkpoint_name(cell: str, epoch: float, val_loss: float) -> str:
+    """char-rnn's naming: lm_lstm_epoch0.95_2.0681 (epoch reached, then the validation loss)."""
+    return f"lm_{cell}_epoch{epoch:.2f}_{val_loss:.4f}{SUFFIX}"
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, config: RunConfig, vocab: CharVocab, *,
+                    metrics: dict, trainer: dict | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    document: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "vocab": vocab.to_dict(),
+        "metrics": metrics,
+        "trainer": trainer or {},
+        "optimizer": None,
+    }
+    if optimizer is not None:
+        document["optimizer"], optimizer_tensors = _flatten_optimizer(optimizer.state_dict())
+        tensors.update(optimizer_tensors)
+    tensors.update(extra_tensors or {})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    metadata = {METADATA_KEY: json.dumps(document, ensure_ascii=False)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return Path(path)
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, document: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2), encoding="utf-8"))
+
+
+def resolve_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path:
+    """A checkpoint file, or a checkpoint folder (then its `best`, or `last`, pointer)."""
+    resolved = Path(path).expanduser()
+    if resolved.is_dir():
+        pointer = resolved / f"{prefer}.json"
+        if not pointer.is_file():
+            raise CheckpointError(f"no checkpoint in {resolved} (no {prefer}.json pointer)")
+        try:
+            target = resolved / json.loads(pointer.read_text(encoding="utf-8"))["file"]
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{pointer} is corrupt") from None
+        if not target.is_file():
+            raise CheckpointError(f"{pointer} points to a missing checkpoint: {target.name}")
+        return target
+    if not resolved.exists():
+        raise CheckpointError(f"checkpoint not found: {resolved}")
+    return resolved
+
+
+def load_checkpoint(path: str | os.PathLike, prefer: str = "best", weights_only: bool = False) -> Checkpoint:
+    """Read a checkpoint (file or folder), upgrading its metadata to the current format."""
+    file = resolve_checkpoint(path, prefer)
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+            document = _parse_document(file, header)
+            keys = [k for k in handle.keys() if not weights_only or k.startswith("model.")]
+            tensors = {k: handle.get_tensor(k) for k in keys}
+    except SafetensorError as exc:
+        raise CheckpointError(f"{file} is not a readable checkpoint (corrupt or truncated: {exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {file}: {exc.strerror or exc}") from None
+    document = migrate(document, file)
+    try:
+        config = RunConfig.from_dict(document["config"])
+        vocab = vocab_from_dict(document["vocab"])
+    except (KeyError, TypeError, RnnlabError) as exc:
+        raise CheckpointError(f"{file} has an invalid config or vocabulary: {exc}") from None
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    if not model_state:
+        raise CheckpointError(f"{file} holds no model weights")
+    rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    return Checkpoint(file, config, vocab, document.get("metrics", {}), document.get("trainer", {}),
+                      model_state, document.get("optimizer"), rest)
+
+
+def _parse_document(file: Path, header: dict) -> dict:
+    if METADATA_KEY not in header:
+        raise CheckpointError(f"{file} is a safetensors file but not an rnnlab checkpoint")
+    try:
+        document = json.loads(header[METADATA_KEY])
+    except ValueError:
+        raise CheckpointError(f"{file} has corrupt metadata") from None
+    if not isinstance(document, dict) or not isinstance(document.get("format_version"), int):
+        raise CheckpointError(f"{file} has no format_version")
+    return document
+
+
+def migrate(document: dict, file: Path) -> dict:
+    version = document["format_version"]
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{file} was written by a newer rnnlab (format {version}; this rnnlab reads up to "
+                              f"{FORMAT_VERSION}): upgrade rnnlab to load it")
+    while version < FORMAT_VERSION:
+        if version not in MIGRATIONS:
+            raise CheckpointError(f"{file} uses checkpoint format {version}, which this rnnlab cannot upgrade")
+        document = MIGRATIONS[version](document)
+        version = document["format_version"]
+    return document
+
+
+# --- optimizer state <-> (JSON, tensors) ------------------------------------------------------
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain_state: dict[str, dict] = {}
+    for param_id, values in state_dict["state"].items():
+        plain_state[str(param_id)] = {}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{param_id}.{name}"] = value
+            else:
+                plain_state[str(param_id)][name] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state_dict["param_groups"]]
+    return {"param_groups": groups, "state": plain_state}, tensors
+
+
+def _unflatten_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    state: dict[int, dict] = {int(pid): dict(values) for pid, values in meta["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, param_id, name = key.split(".", 2)
+            state.setdefault(int(param_id), {})[name] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# --- the checkpoint folder: best/last pointers and pruning ----------------------------------
+
+def update_pointer(folder: Path, which: str, file: Path, val_loss: float | None) -> None:
+    write_json_atomic(folder / f"{which}.json", {"file": file.name, "val_loss": val_loss})
+
+
+def prune_checkpoints(folder: Path, history: list[str], keep_last: int) -> list[str]:
+    """Delete all but the newest `keep_last` checkpoints of this run, never the best one."""
+    protected = {(read_pointer(folder, which) or {}).get("file") for which in POINTERS}
+    keep = set(history[-keep_last:]) | protected
+    for name in history:
+        if name not in keep:
+            (folder / name).unlink(missing_ok=True)
+    return [name for name in history if name in keep]
+
+
+def read_pointer(folder: Path, which: str) -> dict | None:
+    """The `best` or `last` pointer of a checkpoint folder: {"file": name, "val_loss": value}."""
+    try:
+        pointer = json.loads((folder / f"{which}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return pointer if isinstance(pointer, dict) and "file" in pointer else None

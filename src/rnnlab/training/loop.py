@@ -1,0 +1,348 @@
+"""train(): the one linear training loop, from a RunConfig to checkpoints on disk.
+
+Reading order: set up (seed, device, corpus, model, optimizer, batcher) -> maybe restore a
+checkpoint -> loop (batch, forward, backward, clip, step; log; validate and checkpoint every
+`eval_every` steps) -> final validation, checkpoint, and an over/underfitting hint.
+Everything a resumed run needs to continue exactly is saved: weights, optimizer, step and epoch
+position, the carried hidden state, RNG states, elapsed time and the checkpoint history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rnnlab.config import RunConfig
+from rnnlab.data.batching import StreamBatcher
+from rnnlab.data.corpus import prepare_corpus
+from rnnlab.data.vocab import CharVocab, describe_chars
+from rnnlab.errors import CheckpointError, ConfigError, CorpusError, RnnlabError
+from rnnlab.evaluation import evaluate_tokens
+from rnnlab.models.lm import RecurrentLM
+from rnnlab.training.checkpoint import (Checkpoint, checkpoint_name, load_checkpoint, prune_checkpoints,
+                                        read_pointer, save_checkpoint, update_pointer)
+from rnnlab.training.optim import build_optimizer, learning_rate_at, set_learning_rate
+
+log = logging.getLogger("rnnlab")
+
+OVERFIT_GAP = 0.10  # nats/char: val this far above train suggests overfitting (char-rnn's tip)
+UNDERFIT_GAP = 0.02  # nats/char: val this close to train suggests underfitting
+
+
+class TrainingDiverged(RnnlabError):
+    """The loss became NaN/inf or exploded; the last good checkpoint was kept."""
+
+
+class StopRequest:
+    """Set `requested` (e.g. from a signal handler) to make train() checkpoint and return."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reason = ""
+
+    def request(self, reason: str = "stop requested") -> None:
+        self.requested, self.reason = True, reason
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: Path
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    best_val_loss: float
+    steps: int
+    epoch: float
+    train_loss: float | None = None
+    val_loss: float | None = None
+    interrupted: bool = False
+    hint: str = ""
+    num_parameters: int = 0
+
+
+@dataclass
+class _Progress:
+    """The trainer's own position, saved in every checkpoint."""
+    step: int = 0
+    first_loss: float | None = None
+    best_val_loss: float = math.inf
+    elapsed: float = 0.0
+    tokens_seen: int = 0
+    saved: list = field(default_factory=list)  # checkpoint file names, oldest first
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "first_loss": self.first_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
+                "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "saved": self.saved}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "_Progress":
+        best = raw.get("best_val_loss")
+        return cls(raw["step"], raw.get("first_loss"), math.inf if best is None else best,
+                   raw.get("elapsed", 0.0), raw.get("tokens_seen", 0), list(raw.get("saved", [])))
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was requested but no CUDA GPU is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str | Path | None = None,
+          stop: StopRequest | None = None, progress_bar: bool = True) -> TrainResult:
+    """Train a model as `config` says; with `resume`, continue that checkpoint's run exactly.
+
+    With `resume`, pass the checkpoint's own config (the CLI does); with `init_from`, the new run
+    starts from that checkpoint's weights and vocabulary.
+    """
+    stop = stop or StopRequest()
+    resumed = load_checkpoint(resume, prefer="last") if resume else None
+    tc = config.train
+    device = select_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+
+    corpus = prepare_corpus(config.data.path, config.data.cache_dir)
+    digest = corpus.meta["blake2b"]
+    vocab, id_map = corpus.vocab, None
+    if init_from:
+        source = load_checkpoint(init_from, weights_only=True)
+        vocab, id_map = source.vocab, _map_into_vocab(corpus.vocab, source.vocab, init_from)
+    elif resumed is not None:
+        vocab = resumed.vocab
+        _check_same_corpus(resumed, digest)
+
+    splits = corpus.splits(config.data.val_frac, config.data.test_frac)
+    if len(splits.val) < 2:
+        raise CorpusError(f"the validation split has {len(splits.val)} characters; raise --val-frac "
+                          f"(now {config.data.val_frac})")
+    val_tokens = id_map[np.asarray(splits.val)] if id_map is not None else splits.val
+    batcher = StreamBatcher(splits.train, tc.batch_size, tc.seq_length, "train", id_map=id_map)
+
+    model = RecurrentLM(config.model, len(vocab)).to(device)
+    if init_from:
+        model.load_state_dict(source.build_model().state_dict())
+    optimizer = build_optimizer(model.parameters(), tc, device)
+    prog, carried = _Progress(), None
+    if resumed is not None:
+        prog, carried = _restore(resumed, model, optimizer, batcher, device)
+
+    folder = Path(tc.checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_params = model.num_parameters()
+    log.info("model: %s, %d layers x %d units, %s input, %s parameters; vocabulary %d; train %s / val %s / "
+             "test %s characters; device %s", config.model.cell, config.model.num_layers, config.model.hidden_size,
+             f"embedding {config.model.embedding_size}" if config.model.embedding_size else "one-hot",
+             f"{n_params:,}", len(vocab), f"{len(splits.train):,}", f"{len(splits.val):,}",
+             f"{len(splits.test):,}", device)
+    saver = _Saver(config, model, vocab, optimizer, batcher, val_tokens, device, folder, digest)
+    planned = _planned_steps(tc, batcher)
+    bar = tqdm(total=planned, initial=prog.step, disable=not progress_bar, unit="step", dynamic_ncols=True,
+               leave=False)
+    saved_at = prog.step if resumed is not None else -1
+    train_loss = None
+    started = time.monotonic() - prog.elapsed
+    window_start, window_tokens = time.monotonic(), 0
+    tokens_per_batch = tc.batch_size * tc.seq_length
+    model.train()
+    try:
+        saver.log({"event": "start", "step": prog.step, "parameters": n_params, "resumed": bool(resumed),
+                   "config": config.to_dict()})
+        while not _finished(tc, prog, batcher, time.monotonic() - started, stop):
+            progress = _progress_fraction(tc, prog.step, planned, time.monotonic() - started)
+            lr = learning_rate_at(tc, prog.step, batcher.epoch, progress)
+            set_learning_rate(optimizer, lr)
+            batch = batcher.next_batch()
+            if batch.starts_epoch:
+                carried = None  # every stream restarts at the beginning of its column
+            _, loss, carried = model(batch.inputs.to(device), carried, batch.targets.to(device))
+            carried = tuple(s.detach() for s in carried)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            prog.step += 1
+            prog.tokens_seen += tokens_per_batch
+            window_tokens += tokens_per_batch
+            train_loss = loss.item()
+            prog.first_loss = prog.first_loss if prog.first_loss is not None else train_loss
+            _guard(train_loss, prog.first_loss, tc.loss_guard, prog.step, folder)
+            rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{rate:,.0f}", epoch=f"{batcher.epoch_progress:.2f}",
+                            refresh=False)
+            if prog.step % tc.log_every == 0:
+                saver.log({"event": "train", "step": prog.step, "epoch": batcher.epoch_progress,
+                           "train_loss": train_loss, "lr": lr, "tokens_per_s": rate,
+                           "elapsed": time.monotonic() - started})
+                window_start, window_tokens = time.monotonic(), 0
+            if prog.step % tc.eval_every == 0:
+                prog.elapsed = time.monotonic() - started
+                saver.validate_and_save(prog, carried)
+                saved_at = prog.step
+        if stop.requested:
+            log.info("%s: writing a checkpoint", stop.reason)
+        prog.elapsed = time.monotonic() - started
+        if saved_at != prog.step or not (folder / "best.json").is_file():
+            saver.validate_and_save(prog, carried)
+    finally:
+        bar.close()
+        saver.close()
+
+    last = read_pointer(folder, "last")
+    best = read_pointer(folder, "best")
+    fit_loss = _train_split_loss(model, splits.train, id_map, len(val_tokens), tc, device)
+    return TrainResult(folder, folder / last["file"], folder / best["file"], prog.best_val_loss, prog.step,
+                       batcher.epoch_progress, fit_loss, last["val_loss"], stop.requested,
+                       fitting_hint(fit_loss, last["val_loss"]), n_params)
+
+
+class _Saver:
+    """Validation, checkpoint files, pointers and the run log of one training run."""
+
+    def __init__(self, config, model, vocab, optimizer, batcher, val_tokens, device, folder: Path, digest: str):
+        self.config, self.model, self.vocab, self.optimizer = config, model, vocab, optimizer
+        self.batcher, self.val_tokens, self.device, self.folder, self.digest = batcher, val_tokens, device, folder, digest
+        self.run_log = open(folder / "log.jsonl", "a", encoding="utf-8")
+
+    def log(self, record: dict) -> None:
+        self.run_log.write(json.dumps(record) + "\n")
+        self.run_log.flush()
+
+    def close(self) -> None:
+        self.run_log.close()
+
+    def validate_and_save(self, prog: _Progress, carried) -> Path:
+        tc = self.config.train
+        result = evaluate_tokens(self.model, self.val_tokens, tc.eval_batch_size, tc.seq_length, self.device)
+        val_loss = result.nats_per_token
+        improved = val_loss < prog.best_val_loss
+        prog.best_val_loss = min(prog.best_val_loss, val_loss)
+        epoch = self.batcher.epoch_progress
+        log.info("step %d epoch %.2f: val loss %.4f nats/char (%.4f bits/char)%s", prog.step, epoch, val_loss,
+                 result.bits_per_token, " (best)" if improved else "")
+        self.log({"event": "val", "step": prog.step, "epoch": epoch, "val_loss": val_loss,
+                  "val_bits_per_char": result.bits_per_token, "elapsed": prog.elapsed})
+        file = self.folder / checkpoint_name(self.config.model.cell, epoch, val_loss)
+        if file.name not in prog.saved:
+            prog.saved.append(file.name)
+        extra = {f"carry.{i}": s for i, s in enumerate(carried or ())}
+        extra.update(_rng_tensors())
+        trainer = {"progress": prog.to_dict(), "batcher": self.batcher.state_dict(), "has_carry": carried is not None}
+        metrics = {"val_loss": val_loss, "val_bits_per_char": result.bits_per_token,
+                   "best_val_loss": prog.best_val_loss, "step": prog.step, "epoch": epoch,
+                   "corpus": self.config.data.path or "tinyshakespeare (embedded)", "corpus_digest": self.digest}
+        save_checkpoint(file, self.model, self.config, self.vocab, optimizer=self.optimizer, trainer=trainer,
+                        extra_tensors=extra, metrics=metrics)
+        update_pointer(self.folder, "last", file, val_loss)
+        if improved or not (self.folder / "best.json").is_file():
+            update_pointer(self.folder, "best", file, val_loss)
+        prog.saved = prune_checkpoints(self.folder, prog.saved, tc.keep_last)
+        return file
+
+
+# --- pieces of the loop ------------------------------------------------------------------------
+
+def _planned_steps(tc, batcher: StreamBatcher) -> float:
+    by_epochs = math.ceil(tc.max_epochs * batcher.batches_per_epoch)
+    return min(by_epochs, tc.max_steps) if tc.max_steps else by_epochs
+
+
+def _progress_fraction(tc, step: int, planned: float, elapsed: float) -> float:
+    """How far through the run we are: by steps, or by the clock when a time limit is set."""
+    fraction = step / planned
+    if tc.max_minutes:
+        fraction = max(fraction, elapsed / (tc.max_minutes * 60.0))
+    return fraction
+
+
+def _finished(tc, prog: _Progress, batcher: StreamBatcher, elapsed: float, stop: StopRequest) -> bool:
+    return (stop.requested
+            or (tc.max_steps and prog.step >= tc.max_steps)
+            or batcher.epoch_progress >= tc.max_epochs
+            or (tc.max_minutes and elapsed >= tc.max_minutes * 60.0))
+
+
+def _guard(loss: float, first_loss: float, factor: float, step: int, folder: Path) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the training loss became {loss} at step {step}; stopped, the last good checkpoint "
+                               f"in {folder} is kept (try a lower --learning-rate or --grad-clip)")
+    if factor and loss > factor * first_loss:
+        raise TrainingDiverged(f"the training loss exploded to {loss:.4f} at step {step} (over {factor:g}x the "
+                               f"first loss {first_loss:.4f}); stopped, the last good checkpoint in {folder} is kept "
+                               f"(try a lower --learning-rate)")
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.cpu.0": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return tensors
+
+
+def _restore(ckpt: Checkpoint, model, optimizer, batcher: StreamBatcher, device):
+    model.load_state_dict(ckpt.model_state)
+    state = ckpt.optimizer_state()
+    if state is None:
+        raise CheckpointError(f"{ckpt.path} holds no optimizer state; use --init-from to start a new run from it")
+    optimizer.load_state_dict(state)
+    batcher.load_state_dict(ckpt.trainer["batcher"])
+    torch.set_rng_state(ckpt.prefixed("rng.cpu.")[0])
+    cuda_states = ckpt.prefixed("rng.cuda.")
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
+    carried = tuple(t.to(device) for t in ckpt.prefixed("carry.")) if ckpt.trainer.get("has_carry") else None
+    log.info("resuming %s at step %d", ckpt.path.name, ckpt.trainer["progress"]["step"])
+    return _Progress.from_dict(ckpt.trainer["progress"]), carried
+
+
+def _check_same_corpus(ckpt: Checkpoint, digest: str) -> None:
+    saved = ckpt.metrics.get("corpus_digest")
+    if saved and saved != digest:
+        raise CorpusError("the training text changed since this checkpoint was written; resume needs the same file "
+                          "(use --init-from to fine-tune on new text)")
+
+
+def _map_into_vocab(corpus_vocab: CharVocab, model_vocab: CharVocab, init_from) -> np.ndarray:
+    """Ids of the new corpus -> ids of the initial model's vocabulary (which must cover them)."""
+    missing = [ch for ch in corpus_vocab.chars if ch not in model_vocab]
+    if missing:
+        raise CorpusError(f"--init-from {init_from}: the new text has characters the model's vocabulary lacks: "
+                          f"{describe_chars(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+    return np.asarray(model_vocab.encode("".join(corpus_vocab.chars)), dtype=np.int64)
+
+
+def _train_split_loss(model, train_tokens, id_map, length: int, tc, device) -> float:
+    """Loss on the end of the train split, as long as the val split, in eval mode (no dropout)."""
+    piece = np.asarray(train_tokens[-max(length, 2):])
+    if id_map is not None:
+        piece = id_map[piece]
+    return evaluate_tokens(model, piece, tc.eval_batch_size, tc.seq_length, device).nats_per_token
+
+
+def fitting_hint(train_loss: float | None, val_loss: float | None) -> str:
+    """char-rnn's advice on reading the gap between training and validation loss."""
+    if train_loss is None or val_loss is None:
+        return ""
+    gap = val_loss - train_loss
+    if gap > OVERFIT_GAP:
+        return (f"val loss {val_loss:.4f} is well above train loss {train_loss:.4f}: the model may be overfitting; "
+                f"try a smaller model (--hidden-size, --num-layers) or more --dropout")
+    if gap < UNDERFIT_GAP:
+        return (f"val loss {val_loss:.4f} is close to train loss {train_loss:.4f}: the model is likely underfitting; "
+                f"try a larger model (--hidden-size, --num-layers) or train longer")
+    return f"train loss {train_loss:.4f}, val loss {val_loss:.4f}: a healthy gap"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
