@@ -85,6 +85,9 @@ class TrainConfig:
     decay_rate: float = setting(0.97, "char-rnn schedule: factor applied once per epoch after decay_after")
     min_lr_frac: float = setting(0.05, "cosine schedule: final rate as a fraction of the peak")
     grad_clip: float = setting(5.0, "clip the global gradient norm to this (0 disables)")
+    precision: str = setting(
+        "fp32", "autocast precision of the forward pass (weights stay fp32); bf16 is ~1.4x faster on CPUs "
+        "with AVX512-BF16, fp16 uses a gradient scaler and is meant for CUDA", choices=("fp32", "bf16", "fp16"))
     max_epochs: float = setting(50.0, "stop after this many passes over the training split")
     max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)")
     max_minutes: float = setting(0.0, "stop after this many minutes of training (0 = no limit)")

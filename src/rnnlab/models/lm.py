@@ -62,12 +62,19 @@ class RecurrentLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+@contextlib.contextmanager
 def _single_step_kernel(device: torch.device):
     # oneDNN's RNN primitive is built for long sequences; called one step at a time on CPU it spends
     # its time re-creating the primitive (page faults), ~4x slower than the native kernel.
-    if device.type == "cpu":
-        return torch.backends.mkldnn.flags(enabled=False)
-    return contextlib.nullcontext()
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 def blog_lstm_parameter_count(vocab_size: int, hidden_size: int, num_layers: int) -> int:

@@ -122,19 +122,20 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
         _check_same_corpus(resumed, digest)
 
     splits = corpus.splits(config.data.val_frac, config.data.test_frac)
+    batcher = StreamBatcher(splits.train, tc.batch_size, tc.seq_length, "train", id_map=id_map)
     if len(splits.val) < 2:
         raise CorpusError(f"the validation split has {len(splits.val)} characters; raise --val-frac "
                           f"(now {config.data.val_frac})")
     val_tokens = id_map[np.asarray(splits.val)] if id_map is not None else splits.val
-    batcher = StreamBatcher(splits.train, tc.batch_size, tc.seq_length, "train", id_map=id_map)
 
     model = RecurrentLM(config.model, len(vocab)).to(device)
     if init_from:
         model.load_state_dict(source.build_model().state_dict())
     optimizer = build_optimizer(model.parameters(), tc, device)
+    step = TrainingStep(model, optimizer, tc.precision, tc.grad_clip, device)
     prog, carried = _Progress(), None
     if resumed is not None:
-        prog, carried = _restore(resumed, model, optimizer, batcher, device)
+        prog, carried = _restore(resumed, model, step, batcher, device)
 
     folder = Path(tc.checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,7 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
              f"embedding {config.model.embedding_size}" if config.model.embedding_size else "one-hot",
              f"{n_params:,}", len(vocab), f"{len(splits.train):,}", f"{len(splits.val):,}",
              f"{len(splits.test):,}", device)
-    saver = _Saver(config, model, vocab, optimizer, batcher, val_tokens, device, folder, digest)
+    saver = _Saver(config, model, vocab, step, batcher, val_tokens, device, folder, digest)
     planned = _planned_steps(tc, batcher)
     bar = tqdm(total=planned, initial=prog.step, disable=not progress_bar, unit="step", dynamic_ncols=True,
                leave=False)
@@ -164,13 +165,7 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
             batch = batcher.next_batch()
             if batch.starts_epoch:
                 carried = None  # every stream restarts at the beginning of its column
-            _, loss, carried = model(batch.inputs.to(device), carried, batch.targets.to(device))
-            carried = tuple(s.detach() for s in carried)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
+            loss, carried = step(batch.inputs.to(device), batch.targets.to(device), carried)
             prog.step += 1
             prog.tokens_seen += tokens_per_batch
             window_tokens += tokens_per_batch
@@ -210,8 +205,9 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
 class _Saver:
     """Validation, checkpoint files, pointers and the run log of one training run."""
 
-    def __init__(self, config, model, vocab, optimizer, batcher, val_tokens, device, folder: Path, digest: str):
-        self.config, self.model, self.vocab, self.optimizer = config, model, vocab, optimizer
+    def __init__(self, config, model, vocab, step: TrainingStep, batcher, val_tokens, device, folder: Path,
+                 digest: str):
+        self.config, self.model, self.vocab, self.step = config, model, vocab, step
         self.batcher, self.val_tokens, self.device, self.folder, self.digest = batcher, val_tokens, device, folder, digest
         self.run_log = open(folder / "log.jsonl", "a", encoding="utf-8")
 
@@ -238,17 +234,44 @@ class _Saver:
             prog.saved.append(file.name)
         extra = {f"carry.{i}": s for i, s in enumerate(carried or ())}
         extra.update(_rng_tensors())
-        trainer = {"progress": prog.to_dict(), "batcher": self.batcher.state_dict(), "has_carry": carried is not None}
+        trainer = {"progress": prog.to_dict(), "batcher": self.batcher.state_dict(), "has_carry": carried is not None,
+                   "grad_scaler": self.step.scaler.state_dict()}
         metrics = {"val_loss": val_loss, "val_bits_per_char": result.bits_per_token,
                    "best_val_loss": prog.best_val_loss, "step": prog.step, "epoch": epoch,
                    "corpus": self.config.data.path or "tinyshakespeare (embedded)", "corpus_digest": self.digest}
-        save_checkpoint(file, self.model, self.config, self.vocab, optimizer=self.optimizer, trainer=trainer,
+        save_checkpoint(file, self.model, self.config, self.vocab, optimizer=self.step.optimizer, trainer=trainer,
                         extra_tensors=extra, metrics=metrics)
         update_pointer(self.folder, "last", file, val_loss)
         if improved or not (self.folder / "best.json").is_file():
             update_pointer(self.folder, "best", file, val_loss)
         prog.saved = prune_checkpoints(self.folder, prog.saved, tc.keep_last)
         return file
+
+
+class TrainingStep:
+    """One optimizer step on one batch: forward (under autocast), backward, clip, update.
+
+    The carried state comes back detached, so gradients never flow into the previous batch.
+    """
+
+    def __init__(self, model, optimizer, precision: str, grad_clip: float, device: torch.device):
+        self.model, self.optimizer, self.grad_clip, self.device = model, optimizer, grad_clip, device
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, carried):
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            _, loss, carried = self.model(inputs, carried, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), tuple(s.detach().float() for s in carried)
 
 
 # --- pieces of the loop ------------------------------------------------------------------------
@@ -290,12 +313,14 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _restore(ckpt: Checkpoint, model, optimizer, batcher: StreamBatcher, device):
+def _restore(ckpt: Checkpoint, model, step: TrainingStep, batcher: StreamBatcher, device):
     model.load_state_dict(ckpt.model_state)
     state = ckpt.optimizer_state()
     if state is None:
         raise CheckpointError(f"{ckpt.path} holds no optimizer state; use --init-from to start a new run from it")
-    optimizer.load_state_dict(state)
+    step.optimizer.load_state_dict(state)
+    if ckpt.trainer.get("grad_scaler"):
+        step.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
     batcher.load_state_dict(ckpt.trainer["batcher"])
     torch.set_rng_state(ckpt.prefixed("rng.cpu.")[0])
     cuda_states = ckpt.prefixed("rng.cuda.")

@@ -1,0 +1,169 @@
+"""The rnnlab command, in-process through cli.main (fast) and as real subprocesses (signals, tracebacks)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rnnlab.cli import main
+from rnnlab.training.checkpoint import FORMAT_VERSION, load_checkpoint
+
+TINY = ["--hidden-size", "24", "--embedding-size", "8", "--batch-size", "8", "--seq-length", "32",
+        "--eval-every", "10", "--sample-length", "40", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("embedding", ["8", "0"])
+def test_train_sample_eval_for_every_cell(tmp_path, capsys, cell, embedding):
+    folder = tmp_path / "ck"
+    code, out, err = run(capsys, "train", "--cell", cell, *TINY, "--embedding-size", embedding, "--max-steps", 10,
+                         "--checkpoint-dir", folder)
+    assert code == 0, err
+    assert "parameters" in err and "best checkpoint:" in out and "sample:" in out
+    assert load_checkpoint(folder).config.model.cell == cell
+    code, out, err = run(capsys, "sample", folder, "--length", 30, "--prime-text", "ROMEO:", "--seed", 1)
+    assert code == 0 and out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 30 + 1
+
+
+def test_eval_json_keys_and_values(tmp_path, capsys, trained_checkpoint):
+    text = tmp_path / "t.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20, encoding="utf-8")
+    code, out, _ = run(capsys, "eval", trained_checkpoint, text, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "perplexity_base2", "characters"}
+    assert report["characters"] == len(text.read_text()) - 1
+    assert abs(report["bits_per_char"] - report["nats_per_char"] / 0.6931471805599453) < 1e-9
+    code, out, _ = run(capsys, "eval", trained_checkpoint, text)
+    assert "bits per character" in out and "perplexity" in out
+
+
+def test_sample_is_reproducible_and_supports_every_option(capsys, trained_checkpoint):
+    outputs = [run(capsys, "sample", trained_checkpoint, "--length", 50, "--seed", 5)[1] for _ in range(2)]
+    assert outputs[0] == outputs[1]
+    assert run(capsys, "sample", trained_checkpoint, "--length", 50, "--seed", 5, "--no-fast")[1] == outputs[0]
+    for extra in (["--top-k", 3], ["--top-p", 0.5], ["--argmax"], ["--temperature", 0.5], ["--beam-width", 3]):
+        code, out, err = run(capsys, "sample", trained_checkpoint, "--length", 20, *extra)
+        assert code == 0 and len(out) == 21, (extra, err)
+    code, out, _ = run(capsys, "sample", trained_checkpoint, "--length", 20, "--num-samples", 3)
+    assert out.count("--- sample") == 3
+
+
+def test_prime_file_and_unknown_characters(tmp_path, capsys, trained_checkpoint):
+    prime = tmp_path / "prime.txt"
+    prime.write_text("KING:", encoding="utf-8")
+    code, out, _ = run(capsys, "sample", trained_checkpoint, "--prime-file", prime, "--length", 5)
+    assert code == 0 and out.startswith("KING:")
+    code, out, err = run(capsys, "sample", trained_checkpoint, "--prime-text", "Ça va ☃", "--length", 5)
+    assert code == 1 and "'Ç', '☃'" in err and "--unknown skip" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, "sample", trained_checkpoint, "--prime-text", "Ça va ☃", "--length", 5,
+                         "--unknown", "skip")
+    assert code == 0 and out.startswith("a va ") and "dropping" in err
+
+
+def test_prepare_reports_the_corpus(capsys, text_file):
+    code, out, _ = run(capsys, "prepare", text_file("hello\n" * 100), "--val-frac", "0.1")
+    assert code == 0 and "characters: 600" in out and "uint8" in out and "val 60" in out
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "file not found"),
+    (b"", "is empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "looks binary"),
+    (b"hello \xff world", "not valid UTF-8: undecodable byte at byte offset 6"),
+    (b"tiny corpus", "fewer than batch_size x seq_length + 1"),
+])
+def test_bad_training_text(tmp_path, capsys, content, message):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    code, out, err = run(capsys, "train", path, *TINY, "--checkpoint-dir", tmp_path / "ck", "--max-steps", 1)
+    assert code == 1 and message in err and err.startswith("rnnlab: error:")
+    assert len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "ck").glob("*.safetensors")) if (tmp_path / "ck").exists() else True
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--hidden-size", "0"], "hidden_size must be > 0"),
+    (["--dropout", "1"], "dropout must be in [0, 1)"),
+    (["--batch-size", "-3"], "batch_size must be > 0"),
+    (["--val-frac", "0"], "validation split has 0 characters"),
+])
+def test_bad_training_settings(tmp_path, capsys, flags, message):
+    code, _, err = run(capsys, "train", *TINY, *flags, "--checkpoint-dir", tmp_path, "--max-steps", 1)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "0"], "temperature must be > 0"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--length", "-1"], "length must be > 0"),
+])
+def test_bad_sample_settings(capsys, trained_checkpoint, flags, message):
+    code, _, err = run(capsys, "sample", trained_checkpoint, *flags)
+    assert code == 1 and message in err
+
+
+def test_bad_checkpoints(tmp_path, capsys, trained_checkpoint):
+    code, _, err = run(capsys, "sample", tmp_path / "missing.safetensors")
+    assert code == 1 and "checkpoint not found" in err
+    real = load_checkpoint(trained_checkpoint).path
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(real.read_bytes()[:1000])
+    code, _, err = run(capsys, "sample", truncated)
+    assert code == 1 and "corrupt or truncated" in err
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    code, _, err = run(capsys, "eval", corrupt, real)
+    assert code == 1 and "corrupt or truncated" in err
+    future = tmp_path / "future.safetensors"
+    data = real.read_bytes()
+    future.write_bytes(data.replace(f'\\"format_version\\": {FORMAT_VERSION}'.encode(),
+                                    f'\\"format_version\\": {FORMAT_VERSION + 8}'.encode(), 1))
+    code, _, err = run(capsys, "sample", future)
+    assert code == 1 and "newer rnnlab" in err
+
+
+def test_resume_refuses_changed_hyperparameters(capsys, trained_checkpoint):
+    code, _, err = run(capsys, "train", "--resume", trained_checkpoint, "--hidden-size", "99")
+    assert code == 1 and "cannot change model.hidden_size when resuming" in err
+
+
+def rnnlab(*argv, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "rnnlab", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_write_a_checkpoint_and_exit_cleanly(tmp_path, signum):
+    folder = tmp_path / "ck"
+    proc = rnnlab("train", *TINY, "--eval-every", "100000", "--checkpoint-dir", folder, "--max-steps", "1000000")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (folder / "log.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "interrupted after" in out
+    ckpt = load_checkpoint(folder, prefer="last")
+    assert ckpt.trainer["progress"]["step"] > 0
+
+
+def test_errors_never_show_a_traceback(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    proc = rnnlab("train", bad, "--no-progress")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err and err.count("\n") == 1

@@ -1,0 +1,91 @@
+import argparse
+
+import pytest
+
+from rnnlab.config import (ModelConfig, RunConfig, SampleConfig, TrainConfig, add_flags, build_run_config,
+                           build_section, overrides_from_args)
+from rnnlab.errors import ConfigError
+
+
+def parse(section, section_type, argv):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, section, section_type)
+    return overrides_from_args(parser.parse_args(argv))
+
+
+def test_every_field_has_a_flag_with_its_type():
+    overrides = parse("train", TrainConfig, ["--batch-size", "7", "--learning-rate", "0.01", "--optimizer", "sgd"])
+    assert overrides == {"train": {"batch_size": 7, "learning_rate": 0.01, "optimizer": "sgd"}}
+
+
+def test_flags_reject_bad_types_and_choices():
+    with pytest.raises(SystemExit):
+        parse("train", TrainConfig, ["--batch-size", "seven"])
+    with pytest.raises(SystemExit):
+        parse("model", ModelConfig, ["--cell", "transformer"])
+
+
+def test_boolean_flags_have_negations():
+    assert parse("sample", SampleConfig, ["--argmax"]) == {"sample": {"argmax": True}}
+    assert parse("sample", SampleConfig, ["--no-fast"]) == {"sample": {"fast": False}}
+
+
+def test_toml_then_flags_override(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text("[model]\nhidden_size = 99\ncell = 'gru'\n[train]\nlearning_rate = 1\n")
+    config = build_run_config(str(preset), {"model": {"hidden_size": 12}})
+    assert (config.model.hidden_size, config.model.cell) == (12, "gru")
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model]\nhiden_size = 3\n", "unknown setting"),
+    ("[modle]\n", "unknown section"),
+    ("[model]\nhidden_size = 'big'\n", "must be of type int"),
+    ("[model]\nhidden_size = true\n", "must be an integer"),
+    ("[model\n", "not valid TOML"),
+])
+def test_bad_presets_are_explained(tmp_path, text, message):
+    preset = tmp_path / "p.toml"
+    preset.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_run_config(str(preset), {})
+
+
+def test_missing_preset():
+    with pytest.raises(ConfigError, match="not found"):
+        build_run_config("/nonexistent/p.toml", {})
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("model", {"hidden_size": 0}, "hidden_size must be > 0"),
+    ("model", {"num_layers": -1}, "num_layers must be > 0"),
+    ("model", {"dropout": 1.0}, "dropout must be in"),
+    ("model", {"dropout": -0.1}, "dropout must be in"),
+    ("train", {"batch_size": 0}, "batch_size must be > 0"),
+    ("train", {"learning_rate": 0.0}, "learning_rate must be > 0"),
+    ("train", {"learning_rate": float("nan")}, "learning_rate must be > 0"),
+    ("data", {"val_frac": 1.5}, "val_frac"),
+    ("data", {"val_frac": 0.6, "test_frac": 0.5}, "leave data for training"),
+])
+def test_absurd_settings_are_rejected(section, values, message):
+    with pytest.raises(ConfigError, match=message):
+        build_run_config(None, {section: values})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"temperature": 0.0}, "temperature must be > 0"),
+    ({"temperature": -1.0}, "temperature must be > 0"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"length": 0}, "length must be > 0"),
+])
+def test_bad_sample_settings(values, message):
+    with pytest.raises(ConfigError, match=message):
+        build_section(SampleConfig, values)
+
+
+def test_round_trip_through_dict():
+    config = RunConfig()
+    config.model.cell = "rnn"
+    assert RunConfig.from_dict(config.to_dict()) == config

@@ -1,0 +1,108 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from rnnlab.data.corpus import prepare_corpus
+from rnnlab.errors import CorpusError
+from rnnlab.training.checkpoint import load_checkpoint
+from rnnlab.training.loop import StopRequest, TrainingDiverged, fitting_hint, train
+
+
+def unigram_entropy(tokens) -> float:
+    counts = np.bincount(np.asarray(tokens)).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def test_a_tiny_model_learns_far_below_the_unigram_entropy(tmp_path):
+    config = tiny_config(tmp_path, max_steps=200, eval_every=100, batch_size=16, seq_length=64, learning_rate=0.01)
+    config.model.hidden_size = 64
+    result = train(config, progress_bar=False)
+    val = prepare_corpus(None).splits(0.05, 0.05).val
+    entropy = unigram_entropy(val)  # about 3.3 nats/char: what a model without context achieves
+    assert result.val_loss < entropy - 0.6, (result.val_loss, entropy)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").open()]
+    vals = [r for r in records if r["event"] == "val"]
+    assert [r["step"] for r in vals] == [100, 200]
+    assert vals[1]["val_loss"] < vals[0]["val_loss"]
+    assert result.best_checkpoint.name.startswith("lm_lstm_epoch") and result.best_checkpoint.exists()
+
+
+class StopAfter(StopRequest):
+    """Asks to stop after `n` polls, like a Ctrl-C arriving mid-run."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.polls, self.n = 0, n
+
+    @property
+    def requested(self):
+        self.polls += 1
+        return self.polls > self.n
+
+    @requested.setter
+    def requested(self, value):
+        pass
+
+
+def losses(folder):
+    out = {}
+    for line in open(folder / "log.jsonl"):
+        record = json.loads(line)
+        if record["event"] in ("train", "val"):
+            out[(record["event"], record["step"])] = record.get("train_loss", record.get("val_loss"))
+    return out
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    kwargs = dict(max_steps=30, eval_every=10, log_every=1)
+    straight = train(tiny_config(tmp_path / "a", **kwargs), progress_bar=False)
+    stopped = train(tiny_config(tmp_path / "b", **kwargs), stop=StopAfter(13), progress_bar=False)
+    assert stopped.interrupted and stopped.steps == 13
+    resumed = train(load_checkpoint(tmp_path / "b", prefer="last").config, resume=tmp_path / "b",
+                    progress_bar=False)
+    assert resumed.steps == straight.steps == 30
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    after = [key for key in a if key[1] > 13]
+    assert len(after) >= 17 and all(a[key] == b[key] for key in after)  # bit-for-bit
+    assert math.isclose(resumed.val_loss, straight.val_loss, rel_tol=0, abs_tol=1e-6)
+
+
+def test_an_exploding_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, max_steps=50, eval_every=1, learning_rate=1000.0, grad_clip=0.0,
+                         schedule="constant")
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(config, progress_bar=False)
+    last = load_checkpoint(tmp_path, prefer="last")
+    assert math.isfinite(last.metrics["val_loss"])
+
+
+def test_init_from_fine_tunes_on_text_with_a_subset_of_characters(tmp_path, trained_checkpoint):
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 200, encoding="utf-8")
+    result = train(tiny_config(tmp_path / "ft", data=text, max_steps=5, eval_every=5, seq_length=16),
+                   init_from=trained_checkpoint, progress_bar=False)
+    tuned = load_checkpoint(result.last_checkpoint)
+    assert len(tuned.vocab) == 65  # the original model's vocabulary, so its weights still fit
+
+
+def test_init_from_refuses_unknown_characters(tmp_path, trained_checkpoint):
+    text = tmp_path / "text.txt"
+    text.write_text("déjà vu — naïve\n" * 200, encoding="utf-8")
+    with pytest.raises(CorpusError, match="vocabulary lacks: 'à', 'é', 'ï', '—'"):
+        train(tiny_config(tmp_path / "ft", data=text), init_from=trained_checkpoint, progress_bar=False)
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    train(tiny_config(tmp_path, max_steps=50, eval_every=5, keep_last=2), progress_bar=False)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert 2 <= len(files) <= 3  # the newest two, plus the best if it is older
+
+
+def test_fitting_hints():
+    assert "overfitting" in fitting_hint(1.0, 1.3)
+    assert "underfitting" in fitting_hint(1.5, 1.51)
+    assert "healthy" in fitting_hint(1.4, 1.45)
