@@ -102,3 +102,28 @@ def test_beam_search_beats_or_ties_greedy(model):
 def test_beam_search_works_through_the_fast_engine(model):
     with torch.inference_mode():
         assert beam_search(make_stepper(model, SampleConfig()), [1], 10, 4) == beam_search(model, [1], 10, 4)
+
+
+def test_windowed_and_progressive_agree_while_the_text_fits_the_window(model):
+    prime = [1, 2, 3]
+    progressive = torch.stack(list(generate(model, prime, SampleConfig(length=20, seed=9))))
+    windowed = torch.stack(list(generate(model, prime, SampleConfig(length=20, seed=9, sampling="windowed",
+                                                                    window=50))))
+    assert torch.equal(progressive, windowed)  # 3 + 20 tokens never leave a 50-token window
+
+
+def test_windowed_sampling_forgets_what_left_the_window(model):
+    calls = []
+
+    class Recording:
+        vocab_size = model.vocab_size
+
+        def init_state(self, b):
+            return model.init_state(b)
+
+        def prime(self, tokens, state):
+            calls.append(tokens.shape[1])
+            return model.prime(tokens, state)
+
+    list(generate(Recording(), [1, 2, 3, 4, 5], SampleConfig(length=6, sampling="windowed", window=4)))
+    assert calls == [4, 4, 4, 4, 4, 4]  # every token re-reads exactly the last 4 tokens

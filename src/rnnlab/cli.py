@@ -41,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="only print results and errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("train", help="train a model on a text file",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = commands.add_parser("train", help="train a model on a text file")
     p.add_argument("data", metavar="DATA", nargs="?", default=None,
                    help="UTF-8 text file or folder with input.txt (default: embedded tinyshakespeare)")
     p.add_argument("--config", metavar="FILE.toml", help="a preset (see configs/); flags override it")

@@ -22,25 +22,24 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
     """logits (B, V) -> ids (B,), after temperature, top-k and nucleus (top-p) filtering."""
     if argmax:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    vocab = logits.shape[-1]
+    scores = logits.float() / temperature
+    vocab = scores.shape[-1]
     if 0 < top_k < vocab:
-        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+        kth_best = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth_best, float("-inf"))
     if top_p < 1.0:
-        probs = _nucleus(probs, top_p)
-    # Inverse-CDF sampling: one uniform draw per row, cheaper than torch.multinomial for one row.
-    cdf = probs.cumsum(dim=-1)
-    draw = torch.rand((probs.shape[0], 1), generator=generator) * cdf[:, -1:]
-    return (cdf < draw).sum(dim=-1).clamp_(max=vocab - 1)
+        scores = scores.masked_fill(~_nucleus(torch.softmax(scores, dim=-1), top_p), float("-inf"))
+    # The exponential race (Gumbel-max): argmax(s - log E) with E ~ Exp(1) is an exact draw from
+    # softmax(s), in fewer small ops than a cumulative sum or torch.multinomial.
+    noise = torch.empty_like(scores).exponential_(generator=generator)
+    return (scores - noise.log_()).argmax(dim=-1)
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask of the smallest set of tokens whose probability reaches top_p (the top token always)."""
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)  # the top token always stays
-    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before < top_p)
 
 
 def start(stepper, prime_ids: Sequence[int], batch_size: int):
@@ -55,14 +54,28 @@ def start(stepper, prime_ids: Sequence[int], batch_size: int):
 
 @torch.inference_mode()
 def generate(stepper, prime_ids: Sequence[int], config: SampleConfig) -> Iterator[torch.Tensor]:
-    """Yield the next token of each of the `num_samples` streams, (B,), `config.length` times."""
+    """Yield the next token of each of the `num_samples` streams, (B,), `config.length` times.
+
+    Progressive: one step per token with the carried state. Windowed: before every token the last
+    `config.window` tokens are read again from a fresh initial state (the paper's Algorithm 4).
+    """
     generator = torch.Generator().manual_seed(config.seed)
-    logits, state = start(stepper, prime_ids, config.num_samples)
+    batch = config.num_samples
+    if config.sampling == "windowed":
+        context = torch.tensor(list(prime_ids), dtype=torch.long)[None, :].expand(batch, -1)
+        context = context[:, -config.window:]
+    logits, state = start(stepper, prime_ids[-config.window:] if config.sampling == "windowed" else prime_ids,
+                          batch)
     for position in range(config.length):
         token = sample_next_token(logits.float().cpu(), config.temperature, config.top_k, config.top_p,
                                   config.argmax, generator)
         yield token
-        if position + 1 < config.length:
+        if position + 1 == config.length:
+            break
+        if config.sampling == "windowed":
+            context = torch.cat([context, token[:, None]], dim=1)[:, -config.window:]
+            logits, _ = stepper.prime(context, stepper.init_state(batch))
+        else:
             logits, state = stepper.step(token, state)
 
 

@@ -110,44 +110,53 @@ class CpuStepEngine:
         h_new, r_new = np.empty_like(h_old), np.empty_like(r_old)
         c_new = np.empty_like(c_old) if c_old is not None else None
         gw = self.gate_width
-        input_term = self.table[ids]
+        gates = np.take(self.table, ids, axis=0)  # (B, G*H): the first layer's input term
         for k in range(self.num_layers):
             if self.cell == "lstm":
-                h_new[k], c_new[k] = self._lstm(input_term, r_old[k], c_old[k])
+                gates += r_old[k]
+                self._lstm(gates, c_old[k], h_new[k], c_new[k])
             elif self.cell == "gru":
-                h_new[k] = self._gru(input_term, r_old[k], h_old[k])
+                self._gru(gates, r_old[k], h_old[k], h_new[k])
             else:
-                h_new[k] = np.tanh(input_term + r_old[k])
-            product = h_new[k] @ self.stacked[k].T  # (B, above + G*H)
-            input_term = product[:, :-gw]
-            input_term += self.input_bias[k]
+                gates += r_old[k]
+                np.tanh(gates, out=h_new[k])
+            product = self._product(k, h_new[k])  # (B, above + G*H)
             r_new[k] = product[:, -gw:]
             if self.recurrent_bias[k] is not None:
                 r_new[k] += self.recurrent_bias[k]
-        logits = torch.from_numpy(input_term)
+            gates = np.add(product[:, :-gw], self.input_bias[k])
+        logits = torch.from_numpy(gates)
         if self.cell == "lstm":
             return logits, (torch.from_numpy(h_new), torch.from_numpy(c_new), torch.from_numpy(r_new))
         return logits, (torch.from_numpy(h_new), torch.from_numpy(r_new))
 
-    def _lstm(self, input_term: np.ndarray, recurrent: np.ndarray, c: np.ndarray):
-        h3 = 3 * self.hidden
-        gates = input_term + recurrent
-        np.tanh(gates, out=gates)
-        sigmoids = gates[:, :h3]
-        sigmoids *= 0.5
-        sigmoids += 0.5
-        i, f, o = np.split(sigmoids, 3, axis=1)
-        c_new = f * c
-        c_new += i * gates[:, h3:]
-        h_new = np.tanh(c_new)
-        h_new *= o
-        return h_new, c_new
+    def _product(self, k: int, h: np.ndarray) -> np.ndarray:
+        matrix = self.stacked[k]
+        if h.shape[0] == 1:  # a matrix-vector product: OpenBLAS's gemv, split over the cores
+            return np.dot(matrix, h[0])[None, :]
+        return h @ matrix.T
 
-    def _gru(self, input_term: np.ndarray, recurrent: np.ndarray, h: np.ndarray) -> np.ndarray:
+    def _lstm(self, gates: np.ndarray, c: np.ndarray, h_out: np.ndarray, c_out: np.ndarray) -> None:
+        """Gates (i, f, o, g) with i, f, o pre-halved: one tanh gives 2*sigmoid - 1 and tanh(g)."""
+        hd = self.hidden
+        np.tanh(gates, out=gates)
+        gates[:, :3 * hd] += 1.0  # 2i, 2f, 2o
+        i2, f2, o2, g = gates[:, :hd], gates[:, hd:2 * hd], gates[:, 2 * hd:3 * hd], gates[:, 3 * hd:]
+        np.multiply(f2, c, out=c_out)
+        g *= i2
+        c_out += g
+        c_out *= 0.5  # c' = f*c + i*g
+        np.tanh(c_out, out=h_out)
+        h_out *= o2
+        h_out *= 0.5  # h = o * tanh(c')
+
+    def _gru(self, input_term: np.ndarray, recurrent: np.ndarray, h: np.ndarray, h_out: np.ndarray) -> None:
         hd = self.hidden
         rz = 1.0 / (1.0 + np.exp(-(input_term[:, :2 * hd] + recurrent[:, :2 * hd])))
         n = np.tanh(input_term[:, 2 * hd:] + rz[:, :hd] * recurrent[:, 2 * hd:])
-        return n + rz[:, hd:] * (h - n)
+        np.subtract(h, n, out=h_out)
+        h_out *= rz[:, hd:]
+        h_out += n
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

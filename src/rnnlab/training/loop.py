@@ -96,6 +96,19 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where the hardware computes it natively, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
+
+
 def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str | Path | None = None,
           stop: StopRequest | None = None, progress_bar: bool = True) -> TrainResult:
     """Train a model as `config` says; with `resume`, continue that checkpoint's run exactly.
@@ -132,7 +145,7 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     if init_from:
         model.load_state_dict(source.build_model().state_dict())
     optimizer = build_optimizer(model.parameters(), tc, device)
-    step = TrainingStep(model, optimizer, tc.precision, tc.grad_clip, device)
+    step = TrainingStep(model, optimizer, resolve_precision(tc.precision, device), tc.grad_clip, device)
     prog, carried = _Progress(), None
     if resumed is not None:
         prog, carried = _restore(resumed, model, step, batcher, device)
@@ -141,10 +154,11 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     folder.mkdir(parents=True, exist_ok=True)
     n_params = model.num_parameters()
     log.info("model: %s, %d layers x %d units, %s input, %s parameters; vocabulary %d; train %s / val %s / "
-             "test %s characters; device %s", config.model.cell, config.model.num_layers, config.model.hidden_size,
+             "test %s characters; device %s, %s", config.model.cell, config.model.num_layers,
+             config.model.hidden_size,
              f"embedding {config.model.embedding_size}" if config.model.embedding_size else "one-hot",
              f"{n_params:,}", len(vocab), f"{len(splits.train):,}", f"{len(splits.val):,}",
-             f"{len(splits.test):,}", device)
+             f"{len(splits.test):,}", device, step.precision)
     saver = _Saver(config, model, vocab, step, batcher, val_tokens, device, folder, digest)
     planned = _planned_steps(tc, batcher)
     bar = tqdm(total=planned, initial=prog.step, disable=not progress_bar, unit="step", dynamic_ncols=True,
@@ -256,6 +270,7 @@ class TrainingStep:
 
     def __init__(self, model, optimizer, precision: str, grad_clip: float, device: torch.device):
         self.model, self.optimizer, self.grad_clip, self.device = model, optimizer, grad_clip, device
+        self.precision = precision
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
