@@ -89,3 +89,33 @@ def test_round_trip_through_dict():
     config = RunConfig()
     config.model.cell = "rnn"
     assert RunConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model]\ncell = 'transformer'\n", "cell must be one of lstm, gru, rnn"),
+    ("[train]\noptimizer = 'adagrad'\n", "optimizer must be one of"),
+    ("[train]\nschedule = 'linear'\n", "schedule must be one of"),
+    ("[train]\nprecision = 'fp8'\n", "precision must be one of"),
+    ("[train]\ndevice = 'tpu'\n", "device must be one of"),
+    ("[train]\nprecision = 'fp16'\ndevice = 'cpu'\n", "fp16 is for CUDA"),
+    ("[train]\nseed = -1\n", "seed must be in"),
+])
+def test_choices_are_checked_whatever_their_source(tmp_path, text, message):
+    preset = tmp_path / "p.toml"
+    preset.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_run_config(str(preset), {})
+
+
+def test_a_preset_that_is_not_utf8(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_bytes(b"[model]\ncell = '\xff'\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build_run_config(str(preset), {})
+
+
+@pytest.mark.parametrize("values", [{"temperature": 0.5}, {"top_k": 3}, {"num_samples": 2}, {"argmax": True},
+                                    {"sampling": "windowed"}])
+def test_beam_search_refuses_sampling_settings(values):
+    with pytest.raises(ConfigError, match="cannot be combined with"):
+        build_section(SampleConfig, {"beam_width": 4, **values})

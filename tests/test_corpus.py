@@ -87,3 +87,23 @@ def test_missing_file_and_folder_without_input(tmp_path):
         prepare_corpus(tmp_path / "nope.txt")
     with pytest.raises(CorpusError, match="holds no input.txt"):
         prepare_corpus(tmp_path)
+
+
+def test_a_damaged_cache_entry_is_prepared_again(text_file, tmp_path):
+    path = text_file("abcabc" * 10)
+    corpus = prepare_corpus(path, cache_dir=tmp_path / "cache")
+    tokens_file = corpus.tokens.filename
+    del corpus
+    with open(tokens_file, "r+b") as handle:
+        handle.truncate(10)
+    again = prepare_corpus(path, cache_dir=tmp_path / "cache")
+    assert again.vocab.decode(again.tokens) == "abcabc" * 10
+
+
+def test_prepare_does_not_import_torch(text_file, tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; from rnnlab.cli import main; main(['--quiet', 'prepare', sys.argv[1], '--cache-dir', "
+            "sys.argv[2]]); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code, str(text_file("hello " * 50)), str(tmp_path / "c")], check=True,
+                   capture_output=True)

@@ -106,3 +106,24 @@ def test_fitting_hints():
     assert "overfitting" in fitting_hint(1.0, 1.3)
     assert "underfitting" in fitting_hint(1.5, 1.51)
     assert "healthy" in fitting_hint(1.4, 1.45)
+
+
+def test_resuming_a_fine_tuning_run_keeps_mapping_ids(tmp_path, trained_checkpoint):
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 200, encoding="utf-8")
+    config = tiny_config(tmp_path / "ft", data=text, max_steps=10, eval_every=5, seq_length=16, log_every=1)
+    straight = train(config, init_from=trained_checkpoint, progress_bar=False)
+    config_b = tiny_config(tmp_path / "ft2", data=text, max_steps=10, eval_every=5, seq_length=16, log_every=1)
+    train(config_b, init_from=trained_checkpoint, stop=StopAfter(5), progress_bar=False)
+    resumed = train(load_checkpoint(tmp_path / "ft2", prefer="last").config, resume=tmp_path / "ft2",
+                    progress_bar=False)
+    assert resumed.val_loss == straight.val_loss
+
+
+def test_resume_of_a_weights_only_file_is_refused(tmp_path, trained_checkpoint):
+    from rnnlab.errors import CheckpointError
+    from rnnlab.training.checkpoint import save_checkpoint
+    ckpt = load_checkpoint(trained_checkpoint)
+    bare = save_checkpoint(tmp_path / "bare.safetensors", ckpt.build_model(), ckpt.config, ckpt.vocab, metrics={})
+    with pytest.raises(CheckpointError, match="no training state to resume"):
+        train(ckpt.config, resume=bare, progress_bar=False)

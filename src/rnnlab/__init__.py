@@ -1,15 +1,26 @@
-"""rnnlab: train, sample and evaluate recurrent language models (RNN, GRU, LSTM) on PyTorch."""
+"""rnnlab: train, sample and evaluate recurrent language models (RNN, GRU, LSTM) on PyTorch.
 
-from rnnlab.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
-from rnnlab.data.corpus import prepare_corpus
-from rnnlab.data.vocab import CharVocab
-from rnnlab.evaluation import EvalResult, evaluate_tokens
-from rnnlab.models.lm import RecurrentLM
-from rnnlab.sampling import beam_search, generate, sample_next_token
-from rnnlab.training.checkpoint import load_checkpoint, save_checkpoint
-from rnnlab.training.loop import train
+The public API is imported lazily (PEP 562), so tools that only prepare text never import torch.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = ["CharVocab", "DataConfig", "EvalResult", "ModelConfig", "RecurrentLM", "RunConfig", "SampleConfig",
-           "TrainConfig", "beam_search", "evaluate_tokens", "generate", "load_checkpoint", "prepare_corpus",
-           "sample_next_token", "save_checkpoint", "train"]
+
+_EXPORTS = {
+    "DataConfig": "rnnlab.config", "ModelConfig": "rnnlab.config", "RunConfig": "rnnlab.config",
+    "SampleConfig": "rnnlab.config", "TrainConfig": "rnnlab.config",
+    "prepare_corpus": "rnnlab.data.corpus", "CharVocab": "rnnlab.data.vocab",
+    "EvalResult": "rnnlab.evaluation", "evaluate_tokens": "rnnlab.evaluation",
+    "RecurrentLM": "rnnlab.models.lm",
+    "beam_search": "rnnlab.sampling", "generate": "rnnlab.sampling", "sample_next_token": "rnnlab.sampling",
+    "load_checkpoint": "rnnlab.training.checkpoint", "save_checkpoint": "rnnlab.training.checkpoint",
+    "train": "rnnlab.training.loop",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rnnlab' has no attribute {name!r}")

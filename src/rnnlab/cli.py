@@ -14,25 +14,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from rnnlab.config import (DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig, add_flags,
-                           build_run_config, build_section, merge, overrides_from_args)
+                           build_run_config, build_section, load_toml, merge, overrides_from_args)
 from rnnlab.data.corpus import encode_file_to_memmap, prepare_corpus, read_text_chunks, resolve_text_path
 from rnnlab.data.vocab import describe_chars
 from rnnlab.errors import ConfigError, CorpusError, RnnlabError
-from rnnlab.evaluation import evaluate_tokens
-from rnnlab.sampling import beam_search, generate, make_stepper
-from rnnlab.training.checkpoint import load_checkpoint
-from rnnlab.training.loop import StopRequest, select_device, train
+
+# torch-based modules are imported inside the commands that need them, so `rnnlab prepare` (and
+# --help) stay light: importing torch alone takes ~220 MB of memory.
 
 log = logging.getLogger("rnnlab")
 
 # Settings that may differ from the checkpoint's when resuming: they do not change the run's math
 # (the stop limits only move where the run ends; the cosine schedule follows the new horizon).
 RESUME_ADJUSTABLE = {"max_epochs", "max_steps", "max_minutes", "device", "threads", "eval_every", "log_every",
-                     "keep_last", "sample_length"}
+                     "keep_last", "sample_length", "path", "cache_dir", "checkpoint_dir"}
 ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size")
 
 
@@ -40,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnlab", description="Train, sample and evaluate recurrent language models.")
     parser.add_argument("--quiet", action="store_true", help="only print results and errors")
     commands = parser.add_subparsers(dest="command", required=True)
+    quiet = argparse.ArgumentParser(add_help=False)  # --quiet is accepted after the subcommand too
+    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="only print results and errors")
 
-    p = commands.add_parser("train", help="train a model on a text file")
+    p = commands.add_parser("train", help="train a model on a text file", parents=[quiet])
     p.add_argument("data", metavar="DATA", nargs="?", default=None,
                    help="UTF-8 text file or folder with input.txt (default: embedded tinyshakespeare)")
     p.add_argument("--config", metavar="FILE.toml", help="a preset (see configs/); flags override it")
@@ -53,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, "train", TrainConfig)
     p.set_defaults(handler=cmd_train)
 
-    p = commands.add_parser("sample", help="generate text from a checkpoint")
+    p = commands.add_parser("sample", help="generate text from a checkpoint", parents=[quiet])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     add_flags(p, "sample", SampleConfig)
     p.set_defaults(handler=cmd_sample)
 
-    p = commands.add_parser("eval", help="cross-entropy, bits per character and perplexity of a text file")
+    p = commands.add_parser("eval", help="cross-entropy, bits per character and perplexity of a text file",
+                            parents=[quiet])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
     p.add_argument("file", metavar="FILE", help="UTF-8 text file to score")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
     p.set_defaults(handler=cmd_eval)
 
-    p = commands.add_parser("prepare", help="prepare (cache) the token file of a text corpus")
+    p = commands.add_parser("prepare", help="prepare (cache) the token file of a text corpus", parents=[quiet])
     p.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file or folder with input.txt")
     add_flags(p, "data", DataConfig, skip=("path",))
     p.set_defaults(handler=cmd_prepare)
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 # --- train ---------------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
+    from rnnlab.training.loop import StopRequest, train
+
     overrides = overrides_from_args(args)
     if args.data is not None:
         overrides.setdefault("data", {})["path"] = args.data
@@ -111,8 +114,12 @@ def cmd_train(args) -> int:
         config = build_run_config(args.config, overrides)
 
     stop = StopRequest()
-    previous = {sig: signal.signal(sig, lambda num, _frame: stop.request(f"received {signal.Signals(num).name}"))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum, _frame):
+        stop.request(f"received {signal.Signals(signum).name}")
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = train(config, resume=args.resume, init_from=args.init_from, stop=stop,
                        progress_bar=not args.no_progress and not args.quiet)
@@ -132,9 +139,13 @@ def cmd_train(args) -> int:
 
 
 def _resume_config(checkpoint: str, overrides: dict, config_file: str | None) -> RunConfig:
+    from rnnlab.training.checkpoint import load_checkpoint
+
     if config_file:
         raise ConfigError("--resume uses the checkpoint's own config; drop --config")
-    saved = load_checkpoint(checkpoint, prefer="last", weights_only=True).config
+    ckpt = load_checkpoint(checkpoint, prefer="last", weights_only=True)
+    saved = ckpt.config
+    saved.train.checkpoint_dir = str(ckpt.path.parent)  # keep writing next to the checkpoint being resumed
     changed = {f"{section}.{key}" for section, values in overrides.items() for key, value in values.items()
                if getattr(getattr(saved, section), key) != value and key not in RESUME_ADJUSTABLE}
     if changed:
@@ -146,9 +157,11 @@ def _resume_config(checkpoint: str, overrides: dict, config_file: str | None) ->
 
 
 def _init_from_config(checkpoint: str, overrides: dict, config_file: str | None) -> RunConfig:
+    from rnnlab.training.checkpoint import load_checkpoint
+
     saved = load_checkpoint(checkpoint, weights_only=True).config.model
     config = build_run_config(config_file, overrides)
-    given = overrides.get("model", {})
+    given = {**(load_toml(config_file).get("model", {}) if config_file else {}), **overrides.get("model", {})}
     clash = [k for k in ARCHITECTURE if k in given and given[k] != getattr(saved, k)]
     if clash:
         raise ConfigError(f"--init-from keeps the checkpoint's architecture; it has "
@@ -159,6 +172,8 @@ def _init_from_config(checkpoint: str, overrides: dict, config_file: str | None)
 
 
 def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
+    from rnnlab.training.checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(checkpoint, weights_only=True)
     model = ckpt.build_model("cpu")
     config = SampleConfig(length=length, seed=seed)
@@ -169,6 +184,10 @@ def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
 # --- sample --------------------------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
+    from rnnlab.sampling import beam_search, make_stepper
+    from rnnlab.training.checkpoint import load_checkpoint
+    from rnnlab.training.loop import select_device
+
     overrides = overrides_from_args(args).get("sample", {})
     config = build_section(SampleConfig, overrides)
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
@@ -206,6 +225,8 @@ def _default_prime(vocab) -> list[int]:
 
 
 def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: str) -> None:
+    from rnnlab.sampling import generate, make_stepper
+
     out = sys.stdout
     stepper = make_stepper(model, config)
     if config.num_samples == 1:
@@ -231,6 +252,10 @@ def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: st
 # --- eval ----------------------------------------------------------------------------------------
 
 def cmd_eval(args) -> int:
+    from rnnlab.evaluation import evaluate_tokens
+    from rnnlab.training.checkpoint import load_checkpoint
+    from rnnlab.training.loop import select_device
+
     if args.batch_size <= 0 or args.seq_length < 0:
         raise ConfigError("--batch-size must be > 0 and --seq-length >= 0")
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
@@ -287,4 +312,3 @@ def _configure_logging(quiet: bool) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
-    torch.set_printoptions(precision=4)

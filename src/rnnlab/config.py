@@ -43,6 +43,7 @@ class DataConfig:
     )
 
     def validate(self) -> None:
+        _check_choices(self)
         for name in ("val_frac", "test_frac"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -59,9 +60,10 @@ class ModelConfig:
     num_layers: int = setting(2, "number of stacked recurrent layers")
     hidden_size: int = setting(512, "units per recurrent layer")
     embedding_size: int = setting(128, "input embedding width; 0 feeds one-hot vectors as char-rnn does")
-    dropout: float = setting(0.1, "dropout between recurrent layers and before the output layer, in [0, 1)")
+    dropout: float = setting(0.25, "dropout between recurrent layers and before the output layer, in [0, 1)")
 
     def validate(self) -> None:
+        _check_choices(self)
         _positive(self, "num_layers", "hidden_size")
         if self.embedding_size < 0:
             raise ConfigError(f"embedding_size must be >= 0 (0 = one-hot), got {self.embedding_size}")
@@ -71,8 +73,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = setting(64, "parallel streams per batch")
-    seq_length: int = setting(128, "time steps per batch; gradients never flow further back")
+    batch_size: int = setting(16, "parallel streams per batch")
+    seq_length: int = setting(64, "time steps per batch; gradients never flow further back")
     learning_rate: float = setting(3e-3, "peak learning rate")
     optimizer: str = setting("adam", "optimizer", choices=("adam", "adamw", "rmsprop", "sgd"))
     weight_decay: float = setting(0.0, "L2 penalty (decoupled for adamw)")
@@ -104,6 +106,10 @@ class TrainConfig:
     threads: int = setting(0, "CPU threads for PyTorch (0 = all cores)")
 
     def validate(self) -> None:
+        _check_choices(self)
+        _check_seed(self.seed)
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError("precision fp16 is for CUDA; on CPU use bf16 (or auto)")
         _positive(self, "batch_size", "seq_length", "eval_every", "eval_batch_size", "log_every", "keep_last")
         _positive_float(self, "learning_rate", "decay_rate", "max_epochs")
         _non_negative(self, "warmup_steps", "decay_after", "max_steps", "max_minutes", "grad_clip",
@@ -134,14 +140,22 @@ class SampleConfig:
     fast: bool = setting(True, "use the NumPy single-step engine on CPU (exact fp32; --no-fast uses torch)")
 
     def validate(self) -> None:
+        _check_choices(self)
+        _check_seed(self.seed)
         _positive(self, "length", "num_samples", "window")
         _non_negative(self, "top_k", "beam_width")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.beam_width and self.num_samples > 1:
-            raise ConfigError("beam search returns one continuation; drop --num-samples or --beam-width")
+        if self.beam_width:
+            ignored = [name for name, value, default in (
+                ("num_samples", self.num_samples, 1), ("temperature", self.temperature, 1.0),
+                ("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0), ("argmax", self.argmax, False),
+                ("sampling", self.sampling, "progressive")) if value != default]
+            if ignored:
+                raise ConfigError(f"beam search finds the single most likely continuation; it cannot be combined "
+                                  f"with {', '.join(ignored)}")
 
 
 @dataclass
@@ -210,8 +224,10 @@ def load_toml(path: str | Path) -> dict:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -275,6 +291,19 @@ def build_section(section_type: type, overrides: dict) -> Any:
     config = _section_from_dict(section_type, overrides, section_type.__name__)
     config.validate()
     return config
+
+
+def _check_choices(config: Any) -> None:
+    """Values of fields with fixed choices, wherever they came from (flags, TOML, a checkpoint)."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(config, f.name)!r}")
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2 ** 63:
+        raise ConfigError(f"seed must be in [0, 2^63), got {seed}")
 
 
 def _positive(config: Any, *names: str) -> None:

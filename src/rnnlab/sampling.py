@@ -10,6 +10,7 @@ Dimension legend: B = batch (independent samples or beams), V = vocabulary, T = 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, Sequence
 
 import torch
@@ -31,7 +32,7 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
         scores = scores.masked_fill(~_nucleus(torch.softmax(scores, dim=-1), top_p), float("-inf"))
     # The exponential race (Gumbel-max): argmax(s - log E) with E ~ Exp(1) is an exact draw from
     # softmax(s), in fewer small ops than a cumulative sum or torch.multinomial.
-    noise = torch.empty_like(scores).exponential_(generator=generator)
+    noise = torch.empty_like(scores).exponential_(generator=generator).clamp_min_(1e-30)  # log(0) = -inf
     return (scores - noise.log_()).argmax(dim=-1)
 
 
@@ -40,6 +41,19 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before < top_p)
+
+
+@contextlib.contextmanager
+def torch_threads_for(stepper):
+    """One torch thread while a NumPy engine steps: torch's idle OpenMP workers spin on the cores
+    that OpenBLAS needs (64 streams ran 3x slower with two torch threads than with one)."""
+    previous = torch.get_num_threads()
+    if getattr(stepper, "uses_blas_threads", False):
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def start(stepper, prime_ids: Sequence[int], batch_size: int):
@@ -61,28 +75,34 @@ def generate(stepper, prime_ids: Sequence[int], config: SampleConfig) -> Iterato
     """
     generator = torch.Generator().manual_seed(config.seed)
     batch = config.num_samples
-    if config.sampling == "windowed":
+    windowed = config.sampling == "windowed"
+    if windowed:
         context = torch.tensor(list(prime_ids), dtype=torch.long)[None, :].expand(batch, -1)
         context = context[:, -config.window:]
-    logits, state = start(stepper, prime_ids[-config.window:] if config.sampling == "windowed" else prime_ids,
-                          batch)
-    for position in range(config.length):
-        token = sample_next_token(logits.float().cpu(), config.temperature, config.top_k, config.top_p,
-                                  config.argmax, generator)
-        yield token
-        if position + 1 == config.length:
-            break
-        if config.sampling == "windowed":
-            context = torch.cat([context, token[:, None]], dim=1)[:, -config.window:]
-            logits, _ = stepper.prime(context, stepper.init_state(batch))
-        else:
-            logits, state = stepper.step(token, state)
+    logits, state = start(stepper, prime_ids[-config.window:] if windowed else prime_ids, batch)
+    with torch_threads_for(stepper):
+        for position in range(config.length):
+            token = sample_next_token(logits.float().cpu(), config.temperature, config.top_k, config.top_p,
+                                      config.argmax, generator)
+            yield token
+            if position + 1 == config.length:
+                break
+            if windowed:
+                context = torch.cat([context, token[:, None]], dim=1)[:, -config.window:]
+                logits, _ = stepper.prime(context, stepper.init_state(batch))
+            else:
+                logits, state = stepper.step(token, state)
 
 
 @torch.inference_mode()
 def beam_search(stepper, prime_ids: Sequence[int], length: int, beam_width: int) -> list[int]:
     """The most likely continuation of `length` tokens found with `beam_width` beams."""
     logits, state = start(stepper, prime_ids, 1)
+    with torch_threads_for(stepper):
+        return _beam_steps(stepper, logits, state, length, beam_width)
+
+
+def _beam_steps(stepper, logits, state, length: int, beam_width: int) -> list[int]:
     scores = torch.zeros(1)
     sequences = torch.zeros(1, 0, dtype=torch.long)
     for position in range(length):
@@ -92,7 +112,7 @@ def beam_search(stepper, prime_ids: Sequence[int], length: int, beam_width: int)
         parent, token = flat // log_probs.shape[1], flat % log_probs.shape[1]
         sequences = torch.cat([sequences[parent], token[:, None]], dim=1)
         if position + 1 < length:
-            state = tuple(s.index_select(1, parent).contiguous() for s in state)
+            state = tuple(s.index_select(1, parent.to(s.device)).contiguous() for s in state)
             logits, state = stepper.step(token, state)
     return sequences[0].tolist()
 

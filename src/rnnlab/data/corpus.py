@@ -26,7 +26,7 @@ from rnnlab.data.vocab import CharVocab, code_points, token_dtype, vocab_from_di
 from rnnlab.errors import CorpusError
 
 PREPARED_FORMAT = 1
-READ_BYTES = 1 << 22  # 4 MiB per chunk bounds the memory used while preparing
+READ_BYTES = 1 << 20  # 1 MiB per chunk bounds the memory used while preparing
 EMBEDDED_CORPUS = "tinyshakespeare"
 
 
@@ -124,15 +124,22 @@ def prepare_corpus(path: str | os.PathLike | None = None, cache_dir: str | os.Pa
     root = Path(cache_dir) if cache_dir else default_cache_root(text_path)
     digest = file_digest(text_path)
     target = root / f"{text_path.stem}-{digest}"
-    if not (target / "meta.json").is_file():
-        _write_prepared(text_path, digest, target, read_bytes)
+    if (target / "meta.json").is_file():
+        try:
+            return open_prepared(target)
+        except (OSError, ValueError, KeyError):  # a damaged cache entry: prepare it again
+            shutil.rmtree(target, ignore_errors=True)
+    _write_prepared(text_path, digest, target, read_bytes)
     return open_prepared(target)
 
 
 def open_prepared(folder: Path) -> PreparedCorpus:
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     vocab = vocab_from_dict(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
-    tokens = np.memmap(folder / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["tokens"],))
+    dtype = np.dtype(meta["dtype"])
+    if (folder / "tokens.bin").stat().st_size != meta["tokens"] * dtype.itemsize:
+        raise ValueError(f"{folder / 'tokens.bin'} has the wrong size")
+    tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(meta["tokens"],))
     return PreparedCorpus(tokens, vocab, meta)
 
 
@@ -144,9 +151,7 @@ def _write_prepared(text_path: Path, digest: str, target: Path, read_bytes: int)
     staging = Path(tempfile.mkdtemp(prefix=".preparing-", dir=target.parent))
     try:
         dtype = token_dtype(len(vocab))
-        tokens = np.memmap(staging / "tokens.bin", dtype=dtype, mode="w+", shape=(count,))
-        _encode_into(tokens, text_path, vocab, read_bytes)
-        del tokens
+        _encode_to_file(staging / "tokens.bin", text_path, vocab, read_bytes)
         (staging / "vocab.json").write_text(json.dumps(vocab.to_dict(), ensure_ascii=False), encoding="utf-8")
         meta = {"format": PREPARED_FORMAT, "source": str(text_path), "blake2b": digest,
                 "tokens": count, "dtype": dtype.name, "vocab_size": len(vocab)}
@@ -178,18 +183,20 @@ def scan_vocabulary(text_path: Path, read_bytes: int = READ_BYTES) -> tuple[Char
 def encode_file_to_memmap(text_path: Path, vocab: CharVocab, destination: Path,
                           read_bytes: int = READ_BYTES) -> np.ndarray:
     """Encode any text file with an existing vocabulary into a memmap (used by evaluation)."""
-    count = sum(len(text) for text in read_text_chunks(text_path, read_bytes))
+    count = _encode_to_file(destination, text_path, vocab, read_bytes)
     if count == 0:
         raise CorpusError(f"{text_path} is empty")
-    tokens = np.memmap(destination, dtype=token_dtype(len(vocab)), mode="w+", shape=(count,))
-    _encode_into(tokens, text_path, vocab, read_bytes)
-    return tokens
+    return np.memmap(destination, dtype=token_dtype(len(vocab)), mode="r", shape=(count,))
 
 
-def _encode_into(tokens: np.memmap, text_path: Path, vocab: CharVocab, read_bytes: int) -> None:
-    position = 0
-    for text in read_text_chunks(text_path, read_bytes):
-        ids = vocab.encode(text)
-        tokens[position:position + len(ids)] = ids
-        position += len(ids)
-    tokens.flush()
+def _encode_to_file(destination: Path, text_path: Path, vocab: CharVocab, read_bytes: int) -> int:
+    """Append the ids of every chunk to a file; returns the number of ids written."""
+    count = 0
+    with open(destination, "wb") as handle:
+        for text in read_text_chunks(text_path, read_bytes):
+            ids = vocab.encode(text)
+            handle.write(ids.tobytes())
+            count += len(ids)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return count

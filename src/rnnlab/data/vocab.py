@@ -45,6 +45,9 @@ class CharVocab:
             raise VocabularyError("a vocabulary needs at least one character")
         self._points = code_points("".join(self.chars))
         self._index = {ch: i for i, ch in enumerate(self.chars)}
+        # code point -> id (-1 if unknown); a table up to the largest known code point
+        self._lookup = np.full(int(self._points.max()) + 1, -1, dtype=np.int32)
+        self._lookup[self._points] = np.arange(len(self.chars), dtype=np.int32)
 
     @classmethod
     def from_code_points(cls, points: np.ndarray) -> "CharVocab":
@@ -62,13 +65,13 @@ class CharVocab:
     def encode(self, text: str) -> np.ndarray:
         """Ids of `text`; raises VocabularyError listing any character the vocabulary lacks."""
         points = code_points(text)
-        ids = np.searchsorted(self._points, points)
-        ids = np.minimum(ids, len(self._points) - 1)
-        known = self._points[ids] == points
-        if not known.all():
-            missing = sorted({chr(int(p)) for p in points[~known]})
+        beyond = points >= len(self._lookup)
+        ids = self._lookup[np.where(beyond, 0, points)]
+        ids[beyond] = -1
+        if (ids < 0).any():
+            missing = sorted({chr(int(p)) for p in points[ids < 0]})
             raise VocabularyError(f"characters not in the vocabulary: {describe_chars(missing)}")
-        return ids.astype(token_dtype(len(self)), copy=False)
+        return ids.astype(token_dtype(len(self)))
 
     def drop_unknown(self, text: str) -> str:
         return "".join(ch for ch in text if ch in self._index)

@@ -38,6 +38,8 @@ class CpuStepEngine:
     reorder it along dim 1 like the model's own state.
     """
 
+    uses_blas_threads = True  # the sampler keeps torch to one thread while this engine steps
+
     def __init__(self, model: RecurrentLM):
         stack = model.layers
         self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size

@@ -76,16 +76,20 @@ class _Progress:
     elapsed: float = 0.0
     tokens_seen: int = 0
     saved: list = field(default_factory=list)  # checkpoint file names, oldest first
+    planned_steps: int = 0  # the schedule's horizon, fixed when the run starts
+    recent_losses: list = field(default_factory=list)  # train losses since the last validation
 
     def to_dict(self) -> dict:
         return {"step": self.step, "first_loss": self.first_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
-                "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "saved": self.saved}
+                "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "saved": self.saved,
+                "planned_steps": self.planned_steps, "recent_losses": self.recent_losses}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "_Progress":
         best = raw.get("best_val_loss")
         return cls(raw["step"], raw.get("first_loss"), math.inf if best is None else best,
-                   raw.get("elapsed", 0.0), raw.get("tokens_seen", 0), list(raw.get("saved", [])))
+                   raw.get("elapsed", 0.0), raw.get("tokens_seen", 0), list(raw.get("saved", [])),
+                   raw.get("planned_steps", 0), list(raw.get("recent_losses", [])))
 
 
 def select_device(name: str) -> torch.device:
@@ -133,6 +137,8 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     elif resumed is not None:
         vocab = resumed.vocab
         _check_same_corpus(resumed, digest)
+        if vocab.chars != corpus.vocab.chars:  # a fine-tuning run: the model keeps its larger vocabulary
+            id_map = _map_into_vocab(corpus.vocab, vocab, resume)
 
     splits = corpus.splits(config.data.val_frac, config.data.test_frac)
     batcher = StreamBatcher(splits.train, tc.batch_size, tc.seq_length, "train", id_map=id_map)
@@ -160,7 +166,8 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
              f"{n_params:,}", len(vocab), f"{len(splits.train):,}", f"{len(splits.val):,}",
              f"{len(splits.test):,}", device, step.precision)
     saver = _Saver(config, model, vocab, step, batcher, val_tokens, device, folder, digest)
-    planned = _planned_steps(tc, batcher)
+    planned = prog.planned_steps or _planned_steps(tc, batcher)
+    prog.planned_steps = planned  # frozen: a resumed run keeps the schedule even if its stop limit moves
     bar = tqdm(total=planned, initial=prog.step, disable=not progress_bar, unit="step", dynamic_ncols=True,
                leave=False)
     saved_at = prog.step if resumed is not None else -1
@@ -184,12 +191,16 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
             prog.tokens_seen += tokens_per_batch
             window_tokens += tokens_per_batch
             train_loss = loss.item()
+            prog.recent_losses.append(train_loss)
             prog.first_loss = prog.first_loss if prog.first_loss is not None else train_loss
             _guard(train_loss, prog.first_loss, tc.loss_guard, prog.step, folder)
             rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{rate:,.0f}", epoch=f"{batcher.epoch_progress:.2f}",
                             refresh=False)
+            if tc.max_minutes and prog.step % 10 == 0:  # the clock may end the run first: fix the bar's ETA
+                elapsed = time.monotonic() - started
+                bar.total = int(min(planned, prog.step * tc.max_minutes * 60.0 / max(elapsed, 1e-9)))
             if prog.step % tc.log_every == 0:
                 saver.log({"event": "train", "step": prog.step, "epoch": batcher.epoch_progress,
                            "train_loss": train_loss, "lr": lr, "tokens_per_s": rate,
@@ -239,8 +250,11 @@ class _Saver:
         improved = val_loss < prog.best_val_loss
         prog.best_val_loss = min(prog.best_val_loss, val_loss)
         epoch = self.batcher.epoch_progress
-        log.info("step %d epoch %.2f: val loss %.4f nats/char (%.4f bits/char)%s", prog.step, epoch, val_loss,
-                 result.bits_per_token, " (best)" if improved else "")
+        recent = prog.recent_losses
+        train_part = f"train loss {sum(recent) / len(recent):.4f}, " if recent else ""
+        prog.recent_losses = []
+        log.info("step %d epoch %.2f: %sval loss %.4f nats/char (%.4f bits/char)%s", prog.step, epoch, train_part,
+                 val_loss, result.bits_per_token, " (best)" if improved else "")
         self.log({"event": "val", "step": prog.step, "epoch": epoch, "val_loss": val_loss,
                   "val_bits_per_char": result.bits_per_token, "elapsed": prog.elapsed})
         file = self.folder / checkpoint_name(self.config.model.cell, epoch, val_loss)
@@ -312,13 +326,14 @@ def _finished(tc, prog: _Progress, batcher: StreamBatcher, elapsed: float, stop:
 
 
 def _guard(loss: float, first_loss: float, factor: float, step: int, folder: Path) -> None:
-    if not math.isfinite(loss):
-        raise TrainingDiverged(f"the training loss became {loss} at step {step}; stopped, the last good checkpoint "
-                               f"in {folder} is kept (try a lower --learning-rate or --grad-clip)")
-    if factor and loss > factor * first_loss:
-        raise TrainingDiverged(f"the training loss exploded to {loss:.4f} at step {step} (over {factor:g}x the "
-                               f"first loss {first_loss:.4f}); stopped, the last good checkpoint in {folder} is kept "
-                               f"(try a lower --learning-rate)")
+    if math.isfinite(loss) and not (factor and loss > factor * first_loss):
+        return
+    what = (f"became {loss}" if not math.isfinite(loss)
+            else f"exploded to {loss:.4f} (over {factor:g}x the first loss {first_loss:.4f})")
+    kept = (f"the last good checkpoint in {folder} is kept" if read_pointer(folder, "last")
+            else "no checkpoint was written")
+    raise TrainingDiverged(f"the training loss {what} at step {step}; stopped, {kept} "
+                           f"(try a lower --learning-rate or --grad-clip)")
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -329,10 +344,15 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
 
 
 def _restore(ckpt: Checkpoint, model, step: TrainingStep, batcher: StreamBatcher, device):
-    model.load_state_dict(ckpt.model_state)
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except RuntimeError:
+        raise CheckpointError(f"{ckpt.path}: its weights do not fit its own config") from None
     state = ckpt.optimizer_state()
-    if state is None:
-        raise CheckpointError(f"{ckpt.path} holds no optimizer state; use --init-from to start a new run from it")
+    if state is None or "batcher" not in ckpt.trainer or "progress" not in ckpt.trainer \
+            or not ckpt.prefixed("rng.cpu."):
+        raise CheckpointError(f"{ckpt.path} holds no training state to resume; use --init-from to start a new run "
+                              f"from its weights")
     step.optimizer.load_state_dict(state)
     if ckpt.trainer.get("grad_scaler"):
         step.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
