@@ -10,14 +10,13 @@ next to the file size. The baseline, a child that only imports rnnlab, is printe
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common import machine
+
 from rnnlab.data.corpus import embedded_corpus_path
 
 
@@ -25,7 +24,8 @@ def child_peak_rss_mb(argv: list[str]) -> tuple[float, float]:
     """Run a command in a fresh process; return its peak RSS in MB and its wall time."""
     code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
             "r = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.perf_counter() - t, r.returncode)")
+            "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024; "
+            "print(peak, time.perf_counter() - t, r.returncode)")
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
     peak, seconds, returncode = out.split()[-3:]
     if returncode != "0":

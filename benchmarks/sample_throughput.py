@@ -18,8 +18,8 @@ import argparse
 import statistics
 
 import torch
-
 from common import Timer, machine, summary
+
 from rnnlab.config import ModelConfig, SampleConfig
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.sampling import generate, make_stepper, start

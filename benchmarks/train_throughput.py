@@ -15,9 +15,9 @@ import statistics
 
 import torch
 import torch.nn.functional as F
+from common import Timer, machine, summary
 from torch import nn
 
-from common import Timer, machine, summary
 from rnnlab.config import ModelConfig
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.training.loop import TrainingStep

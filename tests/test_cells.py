@@ -15,7 +15,7 @@ def test_fused_layers_match_reference_steps(cell):
     fused_out, fused_state = stack(x, state)
     ref_out, ref_state = reference_forward(stack, x, state)
     torch.testing.assert_close(fused_out, ref_out)
-    for a, b in zip(fused_state, ref_state):
+    for a, b in zip(fused_state, ref_state, strict=True):
         torch.testing.assert_close(a, b)
 
 

@@ -8,8 +8,15 @@ from rnnlab.config import RunConfig
 from rnnlab.data.vocab import CharVocab
 from rnnlab.errors import CheckpointError
 from rnnlab.models.lm import RecurrentLM
-from rnnlab.training.checkpoint import (FORMAT_VERSION, METADATA_KEY, checkpoint_name, load_checkpoint,
-                                        prune_checkpoints, save_checkpoint, update_pointer)
+from rnnlab.training.checkpoint import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    checkpoint_name,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    update_pointer,
+)
 
 
 def small_run():
@@ -33,7 +40,7 @@ def test_round_trip_with_optimizer(tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt.config == config and ckpt.vocab.chars == vocab.chars and ckpt.metrics["val_loss"] == 1.5
     rebuilt = ckpt.build_model()
-    for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()):
+    for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     fresh = torch.optim.Adam(rebuilt.parameters(), lr=0.5)
     fresh.load_state_dict(ckpt.optimizer_state())

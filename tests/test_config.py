@@ -2,8 +2,16 @@ import argparse
 
 import pytest
 
-from rnnlab.config import (ModelConfig, RunConfig, SampleConfig, TrainConfig, add_flags, build_run_config,
-                           build_section, overrides_from_args)
+from rnnlab.config import (
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+    add_flags,
+    build_run_config,
+    build_section,
+    overrides_from_args,
+)
 from rnnlab.errors import ConfigError
 
 

@@ -3,8 +3,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from rnnlab.data.corpus import prepare_corpus
 from rnnlab.errors import CorpusError
 from rnnlab.training.checkpoint import load_checkpoint

@@ -16,8 +16,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rnnlab.config import (DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig, add_flags,
-                           build_run_config, build_section, load_toml, merge, overrides_from_args)
+from rnnlab.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+    add_flags,
+    build_run_config,
+    build_section,
+    load_toml,
+    merge,
+    overrides_from_args,
+)
 from rnnlab.data.corpus import encode_file_to_memmap, prepare_corpus, read_text_chunks, resolve_text_path
 from rnnlab.data.vocab import describe_chars
 from rnnlab.errors import ConfigError, CorpusError, RnnlabError
@@ -242,7 +253,7 @@ def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: st
         return
     columns = [[] for _ in range(config.num_samples)]
     for tokens in generate(stepper, prime_ids, config):
-        for column, token in zip(columns, tokens.tolist()):
+        for column, token in zip(columns, tokens.tolist(), strict=True):
             column.append(token)
     for i, column in enumerate(columns):
         out.write(f"--- sample {i + 1} ---\n{echo_prime}{vocab.decode(column)}\n")

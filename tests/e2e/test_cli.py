@@ -1,7 +1,6 @@
 """The rnnlab command, in-process through cli.main (fast) and as real subprocesses (signals, tracebacks)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -27,8 +27,15 @@ from rnnlab.data.vocab import CharVocab, describe_chars
 from rnnlab.errors import CheckpointError, ConfigError, CorpusError, RnnlabError
 from rnnlab.evaluation import evaluate_tokens
 from rnnlab.models.lm import RecurrentLM
-from rnnlab.training.checkpoint import (Checkpoint, checkpoint_name, load_checkpoint, prune_checkpoints,
-                                        read_pointer, save_checkpoint, update_pointer)
+from rnnlab.training.checkpoint import (
+    Checkpoint,
+    checkpoint_name,
+    load_checkpoint,
+    prune_checkpoints,
+    read_pointer,
+    save_checkpoint,
+    update_pointer,
+)
 from rnnlab.training.optim import build_optimizer, learning_rate_at, set_learning_rate
 
 log = logging.getLogger("rnnlab")
@@ -233,7 +240,8 @@ class _Saver:
     def __init__(self, config, model, vocab, step: TrainingStep, batcher, val_tokens, device, folder: Path,
                  digest: str):
         self.config, self.model, self.vocab, self.step = config, model, vocab, step
-        self.batcher, self.val_tokens, self.device, self.folder, self.digest = batcher, val_tokens, device, folder, digest
+        self.batcher, self.val_tokens, self.device = batcher, val_tokens, device
+        self.folder, self.digest = folder, digest
         self.run_log = open(folder / "log.jsonl", "a", encoding="utf-8")
 
     def log(self, record: dict) -> None:
