@@ -25,9 +25,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
-def setting(default: Any, help: str, choices: tuple | None = None, flag: str | None = None) -> Any:
-    """A dataclass field that carries its CLI help text (and optional choices / flag name)."""
-    metadata = {"help": help, "choices": choices, "flag": flag}
+def setting(default: Any, help: str, choices: tuple | None = None, flag: str | None = None,
+            aliases: tuple[str, ...] = ()) -> Any:
+    """A dataclass field that carries its CLI help text (and optional choices, flag name, aliases)."""
+    metadata = {"help": help, "choices": choices, "flag": flag, "aliases": aliases}
     return field(default=default, metadata=metadata)
 
 
@@ -74,7 +75,25 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = setting(16, "parallel streams per batch")
-    seq_length: int = setting(64, "time steps per batch; gradients never flow further back")
+    seq_length: int = setting(64, "k2: time steps per training sequence; gradients never flow further back",
+                              aliases=("--k2",))
+    k1: int = setting(0, "stride between the starts of consecutive sequences of a stream (0 = k2: no overlap); "
+                         "k1 <= k2 uses every position")
+    loss_positions: str = setting("all", "positions that carry a loss: all k2 (multi-loss), the last one "
+                                  "(single-loss) or the last k3", choices=("all", "last", "last-k"))
+    k3: int = setting(1, "with --loss-positions last-k: the number of final positions that carry a loss")
+    loss_decay: str = setting("none", "weight of earlier positions in the loss (the paper's section 5): none, "
+                              "linear (i/(k2-1)) or exponential (e^(i-k2+1))",
+                              choices=("none", "linear", "exponential"))
+    state: str = setting("carry", "initial state of every sequence: carry (the state reached after k1 steps of "
+                         "the previous sequence, detached), zero, or learned (trainable h0/c0)",
+                         choices=("carry", "zero", "learned"))
+    reset_every: int = setting(0, "with --state carry: reset the carried state to zero every N tokens of a stream "
+                                  "(0 = never)")
+    batching: str = setting("streams", "streams: char-rnn's contiguous columns; equidistant: the paper's eq. 8 with "
+                            "a circular shift every epoch; random: uniformly random windows; variable: AWD-LSTM's "
+                            "random sequence length around k2", choices=("streams", "equidistant", "random",
+                                                                         "variable"))
     learning_rate: float = setting(3e-3, "peak learning rate")
     optimizer: str = setting("adam", "optimizer", choices=("adam", "adamw", "rmsprop", "sgd"))
     weight_decay: float = setting(0.0, "L2 penalty (decoupled for adamw)")
@@ -110,7 +129,22 @@ class TrainConfig:
         _check_seed(self.seed)
         if self.precision == "fp16" and self.device == "cpu":
             raise ConfigError("precision fp16 is for CUDA; on CPU use bf16 (or auto)")
-        _positive(self, "batch_size", "seq_length", "eval_every", "eval_batch_size", "log_every", "keep_last")
+        _positive(self, "batch_size", "seq_length", "k3", "eval_every", "eval_batch_size", "log_every", "keep_last")
+        _non_negative(self, "k1", "reset_every")
+        if self.k1 > self.seq_length:
+            raise ConfigError(f"k1 ({self.k1}) must be <= k2 ({self.seq_length}), or some positions are never used")
+        if self.k3 > self.seq_length:
+            raise ConfigError(f"k3 ({self.k3}) must be <= k2 ({self.seq_length})")
+        if self.reset_every and self.state != "carry":
+            raise ConfigError("--reset-every applies to a carried state; it needs --state carry")
+        if self.reset_every and self.k1 and self.k1 < self.seq_length:
+            raise ConfigError("--reset-every needs non-overlapping sequences (k1 = k2)")
+        if self.k1 and self.k1 < self.seq_length and self.batching == "streams":
+            raise ConfigError("overlapping sequences (k1 < k2) need --batching equidistant")
+        if self.batching in ("random", "variable") and self.k1:
+            raise ConfigError(f"--k1 has no meaning with --batching {self.batching}")
+        if self.batching == "random" and self.state == "carry":
+            raise ConfigError("random windows are unrelated to each other: use --state zero or learned")
         _positive_float(self, "learning_rate", "decay_rate", "max_epochs")
         _non_negative(self, "warmup_steps", "decay_after", "max_steps", "max_minutes", "grad_clip",
                       "weight_decay", "loss_guard", "sample_length", "threads")
@@ -263,7 +297,7 @@ def add_flags(parser: argparse.ArgumentParser, section: str, section_type: type,
             kwargs.update(type=base, choices=f.metadata["choices"])
         else:
             kwargs.update(type=base, metavar=f.name.upper())
-        group.add_argument(flag, **kwargs)
+        group.add_argument(flag, *f.metadata.get("aliases", ()), **kwargs)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:

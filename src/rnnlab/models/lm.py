@@ -17,7 +17,7 @@ from rnnlab.models.cells import RecurrentStack, State
 
 
 class RecurrentLM(nn.Module):
-    def __init__(self, config: ModelConfig, vocab_size: int):
+    def __init__(self, config: ModelConfig, vocab_size: int, learned_initial_state: bool = False):
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
@@ -26,8 +26,15 @@ class RecurrentLM(nn.Module):
         self.layers = RecurrentStack(config.cell, input_size, config.hidden_size, config.num_layers, config.dropout)
         self.output_dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, vocab_size)
+        # The paper's learned initial state h0 (and c0 for LSTM), one (L, 1, H) tensor each, trained
+        # with the rest of the model; every sequence (and every sample) starts from it.
+        self.initial_state = nn.ParameterList(
+            [nn.Parameter(torch.zeros(s.shape)) for s in self.layers.init_state(1)] if learned_initial_state else [])
 
     def init_state(self, batch_size: int, device=None) -> State:
+        """The state every sequence starts from: zeros, or the learned h0/c0 repeated for the batch."""
+        if len(self.initial_state):
+            return tuple(p.expand(-1, batch_size, -1).contiguous() for p in self.initial_state)
         device = device if device is not None else self.head.weight.device
         return self.layers.init_state(batch_size, device, self.head.weight.dtype)
 
@@ -37,13 +44,25 @@ class RecurrentLM(nn.Module):
             return self.embedding(tokens)
         return F.one_hot(tokens, self.vocab_size).to(self.head.weight.dtype)
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None):
-        """tokens (B, T) -> logits (B, T, V), mean cross-entropy in nats (if targets), final state."""
+    def forward(self, tokens: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None,
+                loss_weights: torch.Tensor | None = None):
+        """tokens (B, T) -> logits (B, T, V), cross-entropy in nats (if targets), final state.
+
+        The loss is the mean over all positions, or with `loss_weights` (T,) the weighted mean
+        sum_t w_t CE_t / sum_t w_t (averaged over the batch).
+        """
+        if state is None:
+            state = self.init_state(tokens.shape[0], tokens.device)
         hidden, state = self.layers(self.embed(tokens), state)
         logits = self.head(self.output_dropout(hidden))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size).float(), targets.reshape(-1))
+            flat_logits, flat_targets = logits.reshape(-1, self.vocab_size).float(), targets.reshape(-1)
+            if loss_weights is None:
+                loss = F.cross_entropy(flat_logits, flat_targets)
+            else:
+                per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none").view(targets.shape)
+                loss = (per_token * loss_weights).sum() / (loss_weights.sum() * targets.shape[0])
         return logits, loss, state
 
     def prime(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

@@ -49,7 +49,7 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # optimizer/carry/rng tensors
 
     def build_model(self, device: str | torch.device = "cpu") -> RecurrentLM:
-        model = RecurrentLM(self.config.model, len(self.vocab))
+        model = RecurrentLM(self.config.model, len(self.vocab), self.config.train.state == "learned")
         if model.head.out_features != len(self.vocab):
             raise CheckpointError(f"{self.path}: the output layer does not match the vocabulary")
         try:

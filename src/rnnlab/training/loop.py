@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from rnnlab.config import RunConfig
-from rnnlab.data.batching import StreamBatcher
+from rnnlab.data.batching import StreamBatcher, make_batcher
 from rnnlab.data.corpus import prepare_corpus
 from rnnlab.data.vocab import CharVocab, describe_chars
 from rnnlab.errors import CheckpointError, ConfigError, CorpusError, RnnlabError
@@ -37,6 +37,7 @@ from rnnlab.training.checkpoint import (
     update_pointer,
 )
 from rnnlab.training.optim import build_optimizer, learning_rate_at, set_learning_rate
+from rnnlab.training.schemes import SequencePlan, plan_sequence, position_weights, starts_with_reset
 
 log = logging.getLogger("rnnlab")
 
@@ -148,13 +149,13 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
             id_map = _map_into_vocab(corpus.vocab, vocab, resume)
 
     splits = corpus.splits(config.data.val_frac, config.data.test_frac)
-    batcher = StreamBatcher(splits.train, tc.batch_size, tc.seq_length, "train", id_map=id_map)
+    batcher = make_batcher(splits.train, tc, id_map)
     if len(splits.val) < 2:
         raise CorpusError(f"the validation split has {len(splits.val)} characters; raise --val-frac "
                           f"(now {config.data.val_frac})")
     val_tokens = id_map[np.asarray(splits.val)] if id_map is not None else splits.val
 
-    model = RecurrentLM(config.model, len(vocab)).to(device)
+    model = RecurrentLM(config.model, len(vocab), learned_initial_state=tc.state == "learned").to(device)
     if init_from:
         model.load_state_dict(source.build_model().state_dict())
     optimizer = build_optimizer(model.parameters(), tc, device)
@@ -189,11 +190,17 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
         while not _finished(tc, prog, batcher, time.monotonic() - started, stop):
             progress = _progress_fraction(tc, prog.step, planned, time.monotonic() - started)
             lr = learning_rate_at(tc, prog.step, batcher.epoch, progress)
-            set_learning_rate(optimizer, lr)
             batch = batcher.next_batch()
-            if batch.starts_epoch:
-                carried = None  # every stream restarts at the beginning of its column
-            loss, carried = step(batch.inputs.to(device), batch.targets.to(device), carried)
+            set_learning_rate(optimizer, lr * batch.lr_scale)
+            if tc.state != "carry" or batch.starts_epoch or starts_with_reset(batch.stream_position, tc):
+                carried = None  # the model's initial state: zeros, or the learned h0/c0
+            length = batch.inputs.shape[1]
+            weights = position_weights(length, tc)
+            loss, carried = step(batch.inputs.to(device), batch.targets.to(device), carried,
+                                 plan_sequence(length, batch.stream_position, tc),
+                                 weights.to(device) if weights is not None else None)
+            if tc.state != "carry":
+                carried = None
             prog.step += 1
             prog.tokens_seen += tokens_per_batch
             window_tokens += tokens_per_batch
@@ -297,10 +304,14 @@ class TrainingStep:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, carried):
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, state, plan: SequencePlan | None = None,
+                 weights: torch.Tensor | None = None):
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            _, loss, carried = self.model(inputs, carried, targets)
+            if plan is None or len(plan.cuts) == 1:
+                _, loss, carried = self.model(inputs, state, targets, weights)
+            else:
+                loss, carried = self._segmented(inputs, targets, state, plan, weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip:
@@ -309,6 +320,22 @@ class TrainingStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach(), tuple(s.detach().float() for s in carried)
+
+    def _segmented(self, inputs, targets, state, plan: SequencePlan, weights):
+        """Forward in segments: zero the state at resets, capture the state to carry at k1."""
+        total, weight_sum, carried, start = 0.0, 0.0, None, 0
+        for end in plan.cuts:
+            if start in plan.resets:
+                state = tuple(torch.zeros_like(s) for s in state)
+            piece = weights[start:end] if weights is not None else None
+            piece_weight = float(piece.sum()) if piece is not None else float(end - start)
+            _, loss, state = self.model(inputs[:, start:end], state, targets[:, start:end], piece)
+            if piece_weight > 0:
+                total, weight_sum = total + loss * piece_weight, weight_sum + piece_weight
+            if end == plan.transfer_at:
+                carried = state
+            start = end
+        return total / weight_sum, carried if plan.transfer_at else state
 
 
 # --- pieces of the loop ------------------------------------------------------------------------
