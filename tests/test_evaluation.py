@@ -49,3 +49,13 @@ def test_evaluation_restores_training_mode(model):
     model.train()
     evaluate_tokens(model, np.arange(50) % 7, 2, 8)
     assert model.training
+
+
+def test_burn_in_bootstraps_the_state_and_scores_the_rest(model):
+    tokens = np.random.default_rng(2).integers(0, 7, 60)
+    result = evaluate_tokens(model, tokens, batch_size=4, seq_length=8, burn_in=20)
+    assert result.tokens == 40
+    ids = torch.tensor(tokens, dtype=torch.long)[None]
+    logits, _, _ = model(ids[:, :-1])
+    scored = -torch.log_softmax(logits, -1)[0, 19:].gather(-1, ids[0, 20:, None]).sum().item()
+    assert math.isclose(result.total_nats, scored, rel_tol=1e-5)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_config
+
 from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.data.batching import EquidistantBatcher, RandomWindowBatcher, VariableLengthBatcher
 from rnnlab.errors import ConfigError

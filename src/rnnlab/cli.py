@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rnnlab.config import (
+    WINDOWED_SCHEMES,
     DataConfig,
     ModelConfig,
     RunConfig,
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="parallel streams (default: 64)")
     p.add_argument("--seq-length", type=int, default=0, help="steps per chunk (default: the training seq_length)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
+    p.add_argument("--burn-in", type=int, default=0, metavar="N",
+                   help="read the file as one stream; its first N characters only bootstrap the state and every later "
+                        "one is scored (the paper's protocol, N = k2); default 0: score all in parallel streams")
     p.set_defaults(handler=cmd_eval)
 
     p = commands.add_parser("prepare", help="prepare (cache) the token file of a text corpus", parents=[quiet])
@@ -200,8 +204,11 @@ def cmd_sample(args) -> int:
     from rnnlab.training.loop import select_device
 
     overrides = overrides_from_args(args).get("sample", {})
-    config = build_section(SampleConfig, overrides)
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
+    if ckpt.config.train.scheme in WINDOWED_SCHEMES and "sampling" not in overrides:
+        # a model trained with scheme 1 or 2 samples as the paper does: windowed over its k2
+        overrides = {"sampling": "windowed", "window": ckpt.config.train.seq_length, **overrides}
+    config = build_section(SampleConfig, overrides)
     vocab = ckpt.vocab
     model = ckpt.build_model(select_device(args.device))
     prime_text = _read_prime(config)
@@ -267,8 +274,8 @@ def cmd_eval(args) -> int:
     from rnnlab.training.checkpoint import load_checkpoint
     from rnnlab.training.loop import select_device
 
-    if args.batch_size <= 0 or args.seq_length < 0:
-        raise ConfigError("--batch-size must be > 0 and --seq-length >= 0")
+    if args.batch_size <= 0 or args.seq_length < 0 or args.burn_in < 0:
+        raise ConfigError("--batch-size must be > 0, --seq-length and --burn-in >= 0")
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
     device = select_device(args.device)
     model = ckpt.build_model(device)
@@ -281,13 +288,14 @@ def cmd_eval(args) -> int:
             raise CorpusError(f"{text_path}: {exc}") from None
         if len(tokens) < 2:
             raise CorpusError(f"{text_path} needs at least two characters to score")
-        result = evaluate_tokens(model, tokens, args.batch_size, seq_length, device)
+        result = evaluate_tokens(model, tokens, args.batch_size, seq_length, device, burn_in=args.burn_in)
         del tokens
     report = result.as_dict("char")
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"file: {text_path}\ncharacters scored: {result.tokens:,}\n"
+        burn = f" (after a burn-in of {args.burn_in})" if args.burn_in else ""
+        print(f"file: {text_path}\ncharacters scored: {result.tokens:,}{burn}\n"
               f"nats per character: {result.nats_per_token:.4f}\nbits per character: {result.bits_per_token:.4f}\n"
               f"perplexity (e^H, H in nats): {result.perplexity:.4f}\n"
               f"perplexity (2^H, H in nats, the blog's convention): {result.perplexity_base2:.4f}")

@@ -90,6 +90,11 @@ class TrainConfig:
                          choices=("carry", "zero", "learned"))
     reset_every: int = setting(0, "with --state carry: reset the carried state to zero every N tokens of a stream "
                                   "(0 = never)")
+    scheme: int = setting(0, "the paper's schemes (set loss positions, state, batching, k2=100, k1=40 and the "
+                          "checkpoint's sampling; explicit flags win): 1 multi-loss + learned h0 + windowed "
+                          "sampling, 2 single-loss + learned h0 + windowed, 3 multi-loss + learned h0 + "
+                          "progressive, 4 multi-loss + state transfer at k1 + progressive (0 = none)",
+                          choices=(0, 1, 2, 3, 4))
     batching: str = setting("streams", "streams: char-rnn's contiguous columns; equidistant: the paper's eq. 8 with "
                             "a circular shift every epoch; random: uniformly random windows; variable: AWD-LSTM's "
                             "random sequence length around k2", choices=("streams", "equidistant", "random",
@@ -311,12 +316,34 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return nested
 
 
+# The paper's schemes as presets under whatever the user sets explicitly. Every scheme uses the
+# paper's equidistant batching with k2 = 100 and k1 = 40 (its Table 4 setting).
+SCHEMES = {
+    1: {"loss_positions": "all", "state": "learned"},
+    2: {"loss_positions": "last", "state": "learned"},
+    3: {"loss_positions": "all", "state": "learned"},
+    4: {"loss_positions": "all", "state": "carry"},
+}
+WINDOWED_SCHEMES = (1, 2)  # schemes that sample windowed (Algorithm 4); 3 and 4 sample progressively
+
+
+def scheme_settings(scheme: int) -> dict:
+    if not scheme:
+        return {}
+    return {"batching": "equidistant", "seq_length": 100, "k1": 40, "loss_decay": "none", "reset_every": 0,
+            **SCHEMES[scheme]}
+
+
 def build_run_config(config_file: str | None, overrides: dict) -> RunConfig:
     raw = load_toml(config_file) if config_file else {}
     unknown = sorted(set(raw) - set(_sections(RunConfig)))
     if unknown:
         raise ConfigError(f"unknown section(s) in {config_file}: {', '.join(unknown)}")
-    config = RunConfig.from_dict(merge(raw, overrides))
+    explicit = merge(raw, overrides)
+    scheme = explicit.get("train", {}).get("scheme", 0)
+    if scheme not in SCHEMES and scheme != 0:
+        raise ConfigError(f"scheme must be one of 1, 2, 3, 4; got {scheme!r}")
+    config = RunConfig.from_dict(merge({"train": scheme_settings(scheme)}, explicit))
     config.validate()
     return config
 

@@ -50,14 +50,20 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate_tokens(model, tokens: np.ndarray, batch_size: int = 64, seq_length: int = 256,
-                    device: torch.device | str = "cpu") -> EvalResult:
-    """Total cross-entropy of `model` predicting tokens[1:] from tokens[:-1]."""
+                    device: torch.device | str = "cpu", burn_in: int = 0) -> EvalResult:
+    """Total cross-entropy of `model` predicting tokens[1:] from tokens[:-1].
+
+    With `burn_in` N (the paper's protocol), the text is read as one stream: the first N tokens
+    only bootstrap the state, and every later token is scored.
+    """
     n = len(tokens)
-    if n < 2:
-        raise CorpusError("evaluation needs at least two characters")
+    if n < 2 + burn_in:
+        raise CorpusError(f"evaluation needs at least {2 + burn_in} characters")
     was_training = model.training
     model.eval()
     try:
+        if burn_in:
+            return _evaluate_after_burn_in(model, tokens, seq_length, device, burn_in)
         columns = max(1, min(batch_size, (n - 1) // seq_length))
         column_length = (n - 1) // columns
         starts = np.arange(columns, dtype=np.int64)[:, None] * column_length
@@ -77,6 +83,19 @@ def evaluate_tokens(model, tokens: np.ndarray, batch_size: int = 64, seq_length:
         return EvalResult(total, n - 1)
     finally:
         model.train(was_training)
+
+
+def _evaluate_after_burn_in(model, tokens, seq_length: int, device, burn_in: int) -> EvalResult:
+    state = None
+    if burn_in > 1:  # the last burn-in token is fed by the first scored window
+        ids = torch.from_numpy(np.asarray(tokens[:burn_in - 1], dtype=np.int64))[None].to(device)
+        _, _, state = model(ids)
+    total = 0.0
+    for begin in range(burn_in - 1, len(tokens) - 1, seq_length):
+        window = tokens[begin:min(begin + seq_length, len(tokens) - 1) + 1][None, :]
+        nats, state = _score(model, window, state, device)
+        total += nats
+    return EvalResult(total, len(tokens) - burn_in)
 
 
 def _score(model, window: np.ndarray, state, device) -> tuple[float, tuple]:
