@@ -148,3 +148,44 @@ def test_inconsistent_scheme_settings(values, message):
 def test_every_scheme_trains_and_resumes(tmp_path, overrides):
     result = train(tiny_config(tmp_path, max_steps=6, eval_every=3, **overrides), progress_bar=False)
     assert math.isfinite(result.val_loss)
+
+
+def test_paper_architecture_layers_and_initialization():
+    torch.manual_seed(0)
+    config = ModelConfig(cell="lstm", num_layers=1, hidden_size=16, embedding_size=0, dropout=0.0,
+                         architecture="paper", dense_size=32)
+    model = RecurrentLM(config, 7)
+    assert model.embedding is None and model.dense.out_features == 32 and model.head.in_features == 32
+    _, w_hh, _, _ = model.layers.layer_weights(0)
+    for gate in range(4):
+        block = w_hh[gate * 16:(gate + 1) * 16]
+        torch.testing.assert_close(block @ block.T, torch.eye(16), atol=1e-5, rtol=0)  # orthogonal
+    bound = math.sqrt(6 / (16 + 32))
+    assert model.dense.weight.abs().max() <= bound and model.dense.bias.abs().sum() == 0  # Glorot uniform
+    hidden = torch.randn(2, 3, 16)
+    expected = model.head(F.leaky_relu(model.dense(hidden), 0.01))
+    torch.testing.assert_close(model.output(hidden), expected)
+
+
+def test_paper_architecture_presets_yield_to_explicit_settings():
+    from rnnlab.config import build_run_config
+    config = build_run_config(None, {"model": {"architecture": "paper"}, "train": {"batch_size": 8}})
+    assert (config.model.embedding_size, config.model.dropout) == (0, 0.0)
+    assert (config.train.learning_rate, config.train.grad_clip, config.train.batch_size) == (1e-3, 50.0, 8)
+    with pytest.raises(ConfigError, match="one-hot"):
+        build_run_config(None, {"model": {"architecture": "paper", "embedding_size": 8}})
+
+
+def test_cpu_engine_matches_the_paper_architecture():
+    from rnnlab.models.cpu_engine import CpuStepEngine
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(num_layers=2, hidden_size=16, embedding_size=0, architecture="paper",
+                                    dense_size=24, dropout=0.0), 9).eval()
+    engine = CpuStepEngine(model)
+    with torch.inference_mode():
+        a, sa = model.prime(torch.tensor([[1, 2, 3]]))
+        b, sb = engine.prime(torch.tensor([[1, 2, 3]]))
+        for token in [4, 5, 6]:
+            a, sa = model.step(torch.tensor([token]), sa)
+            b, sb = engine.step(torch.tensor([token]), sb)
+            assert (a - b).abs().max() < 1e-4

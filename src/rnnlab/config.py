@@ -62,6 +62,11 @@ class ModelConfig:
     hidden_size: int = setting(512, "units per recurrent layer")
     embedding_size: int = setting(128, "input embedding width; 0 feeds one-hot vectors as char-rnn does")
     dropout: float = setting(0.25, "dropout between recurrent layers and before the output layer, in [0, 1)")
+    architecture: str = setting("default", "default: recurrent layers -> linear output; paper: one-hot input, "
+                                "LSTM layers, a dense 1024 leaky-ReLU (0.01) layer, then the output, with orthogonal "
+                                "recurrent and Glorot-uniform dense initialization (and, unless set, the paper's "
+                                "Adam 1e-3, batch 64, clipping at 50, no dropout)", choices=("default", "paper"))
+    dense_size: int = setting(1024, "width of the paper architecture's dense layer")
 
     def validate(self) -> None:
         _check_choices(self)
@@ -70,6 +75,9 @@ class ModelConfig:
             raise ConfigError(f"embedding_size must be >= 0 (0 = one-hot), got {self.embedding_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        _positive(self, "dense_size")
+        if self.architecture == "paper" and (self.cell != "lstm" or self.embedding_size):
+            raise ConfigError("the paper architecture is an LSTM on one-hot input: drop --cell/--embedding-size")
 
 
 @dataclass
@@ -325,6 +333,10 @@ SCHEMES = {
     4: {"loss_positions": "all", "state": "carry"},
 }
 WINDOWED_SCHEMES = (1, 2)  # schemes that sample windowed (Algorithm 4); 3 and 4 sample progressively
+# The paper's network and optimizer (its Table 3), as defaults under explicit settings.
+PAPER_ARCHITECTURE = {"model": {"cell": "lstm", "embedding_size": 0, "dropout": 0.0},
+                      "train": {"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 64, "grad_clip": 50.0,
+                                "schedule": "constant"}}
 
 
 def scheme_settings(scheme: int) -> dict:
@@ -343,7 +355,10 @@ def build_run_config(config_file: str | None, overrides: dict) -> RunConfig:
     scheme = explicit.get("train", {}).get("scheme", 0)
     if scheme not in SCHEMES and scheme != 0:
         raise ConfigError(f"scheme must be one of 1, 2, 3, 4; got {scheme!r}")
-    config = RunConfig.from_dict(merge({"train": scheme_settings(scheme)}, explicit))
+    presets = {"train": scheme_settings(scheme)}
+    if explicit.get("model", {}).get("architecture") == "paper":
+        presets = merge(presets, PAPER_ARCHITECTURE)
+    config = RunConfig.from_dict(merge(presets, explicit))
     config.validate()
     return config
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rnnlab.models.lm import RecurrentLM
+from rnnlab.models.lm import LEAKINESS, RecurrentLM
 
 F32 = np.float32
 
@@ -48,7 +48,11 @@ class CpuStepEngine:
         self._model = model
         with torch.no_grad():
             layers = [[_numpy(w) for w in stack.layer_weights(k)] for k in range(self.num_layers)]
-            head_w, head_b = _numpy(model.head.weight), _numpy(model.head.bias)
+            first_head = model.dense if model.dense is not None else model.head
+            head_w, head_b = _numpy(first_head.weight), _numpy(first_head.bias)
+            # the paper architecture's last layer, applied after the leaky ReLU of the dense layer
+            self.final = ((_numpy(model.head.weight).astype(F32), _numpy(model.head.bias).astype(F32))
+                          if model.dense is not None else None)
             embedding = _numpy(model.embedding.weight) if model.embedding is not None else None
         self.table = self._input_table(embedding, layers[0])
         self.stacked, self.input_bias, self.recurrent_bias = [], [], []
@@ -127,6 +131,10 @@ class CpuStepEngine:
             if self.recurrent_bias[k] is not None:
                 r_new[k] += self.recurrent_bias[k]
             gates = np.add(product[:, :-gw], self.input_bias[k])
+        if self.final is not None:
+            np.maximum(gates, LEAKINESS * gates, out=gates)  # leaky ReLU
+            gates = gates @ self.final[0].T
+            gates += self.final[1]
         logits = torch.from_numpy(gates)
         if self.cell == "lstm":
             return logits, (torch.from_numpy(h_new), torch.from_numpy(c_new), torch.from_numpy(r_new))

@@ -15,6 +15,8 @@ from torch import nn
 from rnnlab.config import ModelConfig
 from rnnlab.models.cells import RecurrentStack, State
 
+LEAKINESS = 0.01  # the paper's leaky ReLU slope
+
 
 class RecurrentLM(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int, learned_initial_state: bool = False):
@@ -25,11 +27,34 @@ class RecurrentLM(nn.Module):
         input_size = config.embedding_size or vocab_size
         self.layers = RecurrentStack(config.cell, input_size, config.hidden_size, config.num_layers, config.dropout)
         self.output_dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, vocab_size)
+        # The paper's architecture puts a dense leaky-ReLU layer between the LSTM and the output.
+        self.dense = nn.Linear(config.hidden_size, config.dense_size) if config.architecture == "paper" else None
+        self.head = nn.Linear(config.dense_size if self.dense is not None else config.hidden_size, vocab_size)
+        if config.architecture == "paper":
+            self._paper_init()
         # The paper's learned initial state h0 (and c0 for LSTM), one (L, 1, H) tensor each, trained
         # with the rest of the model; every sequence (and every sample) starts from it.
         self.initial_state = nn.ParameterList(
             [nn.Parameter(torch.zeros(s.shape)) for s in self.layers.init_state(1)] if learned_initial_state else [])
+
+    def _paper_init(self) -> None:
+        """Orthogonal recurrent weights (per gate block), Glorot-uniform dense layers, zero biases."""
+        h = self.config.hidden_size
+        for layer in range(self.config.num_layers):
+            _, w_hh, bias, _ = self.layers.layer_weights(layer)
+            with torch.no_grad():
+                for gate in range(w_hh.shape[0] // h):
+                    nn.init.orthogonal_(w_hh[gate * h:(gate + 1) * h])
+        for linear in (self.dense, self.head):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Top recurrent outputs (..., H) -> logits (..., V)."""
+        hidden = self.output_dropout(hidden)
+        if self.dense is not None:
+            hidden = F.leaky_relu(self.dense(hidden), negative_slope=LEAKINESS)
+        return self.head(hidden)
 
     def init_state(self, batch_size: int, device=None) -> State:
         """The state every sequence starts from: zeros, or the learned h0/c0 repeated for the batch."""
@@ -54,7 +79,7 @@ class RecurrentLM(nn.Module):
         if state is None:
             state = self.init_state(tokens.shape[0], tokens.device)
         hidden, state = self.layers(self.embed(tokens), state)
-        logits = self.head(self.output_dropout(hidden))
+        logits = self.output(hidden)
         loss = None
         if targets is not None:
             flat_logits, flat_targets = logits.reshape(-1, self.vocab_size).float(), targets.reshape(-1)
