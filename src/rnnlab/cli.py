@@ -84,6 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "one is scored (the paper's protocol, N = k2); default 0: score all in parallel streams")
     p.set_defaults(handler=cmd_eval)
 
+    p = commands.add_parser("experiment", help="reproducible comparisons", parents=[quiet])
+    experiments = p.add_subparsers(dest="experiment", required=True)
+    e = experiments.add_parser("schemes", parents=[quiet],
+                               help="the paper's four training/sampling schemes: timing table, perplexity plot, summary")
+    e.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file (default: embedded corpus)")
+    e.add_argument("--out", required=True, metavar="DIR", help="folder for table4.md, fig9.png, summary.md")
+    budget = e.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=400, help="training batches per scheme (default: 400)")
+    budget.add_argument("--max-minutes", type=float, default=0.0, help="training minutes per scheme instead")
+    e.add_argument("--architectures", default="1x128,1x512,2x128,2x512",
+                   help="r x gamma models for the timing table (default: the paper's four)")
+    e.add_argument("--curve-architecture", default="1x128", help="r x gamma model for the perplexity curves")
+    e.add_argument("--k2", type=int, default=100, help="training sequence length (default: 100)")
+    e.add_argument("--k1", type=int, default=40, help="stride between sequences (default: 40)")
+    e.add_argument("--batch-size", type=int, default=64, help="sequences per batch (default: 64)")
+    e.add_argument("--timing-batches", type=int, default=5, help="timed training batches per cell (default: 5)")
+    e.add_argument("--seed", type=int, default=1234)
+    e.set_defaults(handler=cmd_experiment_schemes)
+
     p = commands.add_parser("prepare", help="prepare (cache) the token file of a text corpus", parents=[quiet])
     p.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file or folder with input.txt")
     add_flags(p, "data", DataConfig, skip=("path",))
@@ -299,6 +318,28 @@ def cmd_eval(args) -> int:
               f"nats per character: {result.nats_per_token:.4f}\nbits per character: {result.bits_per_token:.4f}\n"
               f"perplexity (e^H, H in nats): {result.perplexity:.4f}\n"
               f"perplexity (2^H, H in nats, the blog's convention): {result.perplexity_base2:.4f}")
+    return 0
+
+
+# --- experiment ----------------------------------------------------------------------------------
+
+def cmd_experiment_schemes(args) -> int:
+    from rnnlab.experiments.schemes import ExperimentSettings, parse_architectures, run_schemes_experiment
+
+    if args.steps <= 0 or args.max_minutes < 0 or args.timing_batches <= 0 or args.batch_size <= 0:
+        raise ConfigError("--steps, --timing-batches and --batch-size must be > 0, --max-minutes >= 0")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RnnlabError("the schemes experiment plots with matplotlib: pip install 'rnnlab[experiments]'") from None
+    settings = ExperimentSettings(
+        data=args.data, out=Path(args.out), steps=args.steps, max_minutes=args.max_minutes,
+        architectures=parse_architectures(args.architectures),
+        curve_architecture=parse_architectures(args.curve_architecture)[0], k2=args.k2, k1=args.k1,
+        batch_size=args.batch_size, timing_batches=args.timing_batches, seed=args.seed)
+    run_schemes_experiment(settings, log=log.info)
+    print((settings.out / "summary.md").read_text(encoding="utf-8"))
+    print(f"written: {settings.out / 'table4.md'}, {settings.out / 'fig9.png'}, {settings.out / 'summary.md'}")
     return 0
 
 
