@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("experiment", help="reproducible comparisons", parents=[quiet])
     experiments = p.add_subparsers(dest="experiment", required=True)
     e = experiments.add_parser("schemes", parents=[quiet],
-                               help="the paper's four training/sampling schemes: timing table, perplexity plot, summary")
+                               help="the paper's four training/sampling schemes: timings, perplexity plot, summary")
     e.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file (default: embedded corpus)")
     e.add_argument("--out", required=True, metavar="DIR", help="folder for table4.md, fig9.png, summary.md")
     budget = e.add_mutually_exclusive_group()

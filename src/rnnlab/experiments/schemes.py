@@ -235,7 +235,7 @@ def summary(results: dict, table: str, settings: ExperimentSettings) -> str:
     for scheme, curve in curves.items():
         values = [p["perplexity"] for p in curve]
         finite = [v for v in values if math.isfinite(v)]
-        rises = any(b > a * 1.02 for a, b in zip(finite, finite[1:]))
+        rises = any(b > a * 1.02 for a, b in zip(finite[:-1], finite[1:], strict=True))
         state = ("diverged" if len(finite) < len(values) else
                  "rose again during training" if rises else "fell steadily")
         lines.append(f"- {SCHEME_NAMES[scheme]}: final test perplexity {finite[-1] if finite else math.nan:.2f}; "
