@@ -189,3 +189,24 @@ def test_cpu_engine_matches_the_paper_architecture():
             a, sa = model.step(torch.tensor([token]), sa)
             b, sb = engine.step(torch.tensor([token]), sb)
             assert (a - b).abs().max() < 1e-4
+
+
+def test_windowed_and_progressive_sampling_start_from_the_same_distribution():
+    from rnnlab.config import SampleConfig
+    from rnnlab.sampling import generate, start
+    torch.manual_seed(3)
+    model = RecurrentLM(ModelConfig(num_layers=2, hidden_size=16, embedding_size=0), 9,
+                        learned_initial_state=True).eval()
+    with torch.no_grad():
+        for p in model.initial_state:
+            p.normal_()  # a learned h0 that is not zero
+    prime = [1, 2, 3, 4, 5, 6]
+    with torch.inference_mode():
+        progressive_logits, _ = start(model, prime, 1)
+        windowed_logits, _ = start(model, prime[-4:], 1)  # what windowed sampling reads with --window 4
+        reference, _, _ = model(torch.tensor([prime[-4:]]))
+    torch.testing.assert_close(windowed_logits, reference[:, -1])
+    assert not torch.allclose(progressive_logits, windowed_logits)  # a longer context does change it
+    progressive = list(generate(model, prime[-4:], SampleConfig(length=1, seed=5)))
+    windowed = list(generate(model, prime[-4:], SampleConfig(length=1, seed=5, sampling="windowed", window=4)))
+    assert torch.equal(progressive[0], windowed[0])
