@@ -61,25 +61,28 @@ def test_num_samples_are_one_batch_of_independent_streams(model):
     assert len({tuple(column) for column in tokens.T.tolist()}) > 1
 
 
+class Recording:
+    """A stepper that records how many tokens each call reads: prime (T) or step (1)."""
+
+    def __init__(self, model):
+        self.model, self.vocab_size, self.calls = model, model.vocab_size, []
+
+    def init_state(self, b):
+        return self.model.init_state(b)
+
+    def prime(self, tokens, state):
+        self.calls.append(tokens.shape[1])
+        return self.model.prime(tokens, state)
+
+    def step(self, tokens, state):
+        self.calls.append(tokens.dim())
+        return self.model.step(tokens, state)
+
+
 def test_progressive_generation_never_reruns_the_prefix(model):
-    calls = []
-
-    class Counting:
-        vocab_size = model.vocab_size
-
-        def init_state(self, b):
-            return model.init_state(b)
-
-        def prime(self, tokens, state):
-            calls.append(tokens.shape[1])
-            return model.prime(tokens, state)
-
-        def step(self, tokens, state):
-            calls.append(tokens.dim())
-            return model.step(tokens, state)
-
-    list(generate(Counting(), [1, 2, 3, 4], SampleConfig(length=10)))
-    assert calls == [4] + [1] * 9  # the prompt once, then one single-token step per new token
+    stepper = Recording(model)
+    list(generate(stepper, [1, 2, 3, 4], SampleConfig(length=10)))
+    assert stepper.calls == [4] + [1] * 9  # the prompt once, then one single-token step per new token
 
 
 def sequence_log_prob(model, prime, continuation):
@@ -113,17 +116,6 @@ def test_windowed_and_progressive_agree_while_the_text_fits_the_window(model):
 
 
 def test_windowed_sampling_forgets_what_left_the_window(model):
-    calls = []
-
-    class Recording:
-        vocab_size = model.vocab_size
-
-        def init_state(self, b):
-            return model.init_state(b)
-
-        def prime(self, tokens, state):
-            calls.append(tokens.shape[1])
-            return model.prime(tokens, state)
-
-    list(generate(Recording(), [1, 2, 3, 4, 5], SampleConfig(length=6, sampling="windowed", window=4)))
-    assert calls == [4, 4, 4, 4, 4, 4]  # every token re-reads exactly the last 4 tokens
+    stepper = Recording(model)
+    list(generate(stepper, [1, 2, 3, 4, 5], SampleConfig(length=6, sampling="windowed", window=4)))
+    assert stepper.calls == [4, 4, 4, 4, 4, 4]  # every token re-reads exactly the last 4 tokens, never steps
