@@ -22,6 +22,7 @@ from rnnlab.config import (
     ModelConfig,
     RunConfig,
     SampleConfig,
+    ServeConfig,
     TrainConfig,
     add_flags,
     build_run_config,
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--timing-batches", type=int, default=5, help="timed training batches per cell (default: 5)")
     e.add_argument("--seed", type=int, default=1234)
     e.set_defaults(handler=cmd_experiment_schemes)
+
+    p = commands.add_parser("serve", help="a web page and JSON API that auto-complete text with trained models",
+                            parents=[quiet])
+    p.add_argument("checkpoints", metavar="CHECKPOINT_OR_DIR", nargs="*",
+                   help="models to serve, optionally as name=path (default: a small model trained on the embedded "
+                        "corpus on first use and cached)")
+    add_flags(p, "serve", ServeConfig)
+    p.set_defaults(handler=cmd_serve)
 
     p = commands.add_parser("prepare", help="prepare (cache) the token file of a text corpus", parents=[quiet])
     p.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file or folder with input.txt")
@@ -341,6 +350,71 @@ def cmd_experiment_schemes(args) -> int:
     print((settings.out / "summary.md").read_text(encoding="utf-8"))
     print(f"written: {settings.out / 'table4.md'}, {settings.out / 'fig9.png'}, {settings.out / 'summary.md'}")
     return 0
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+DEFAULT_MODEL_MINUTES = 2.0
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from rnnlab.serve.app import create_app
+        from rnnlab.serve.engine import LoadedModel
+    except ImportError:
+        raise RnnlabError("serving needs FastAPI and uvicorn: pip install 'rnnlab[serve]'") from None
+    config = build_section(ServeConfig, overrides_from_args(args).get("serve", {}))
+    targets = [_name_and_path(item) for item in args.checkpoints] or [("tinyshakespeare", _default_model())]
+    models, seen = [], set()
+    for name, path in targets:
+        loaded = LoadedModel.load(name or "model", path)
+        if not name:
+            loaded.name = loaded.info["name"] = _unique(_model_name(loaded), seen)
+        elif name in seen:
+            raise ConfigError(f"two models are named {name!r}")
+        seen.add(loaded.name)
+        models.append(loaded)
+    for m in models:
+        log.info("serving %s: %s, %s parameters", m.name, m.path, f"{m.info['parameters']:,}")
+    log.info("open http://%s:%d/ (API docs at /docs)", config.host, config.port)
+    uvicorn.run(create_app(models, config), host=config.host, port=config.port, log_level="warning")
+    return 0
+
+
+def _name_and_path(item: str) -> tuple[str | None, str]:
+    name, sep, path = item.partition("=")
+    return (name, path) if sep and name and not Path(item).exists() else (None, item)
+
+
+def _model_name(loaded) -> str:
+    corpus = str(loaded.info.get("corpus") or "model")
+    return Path(corpus.split(" ")[0]).stem or "model"
+
+
+def _unique(name: str, seen: set) -> str:
+    candidate, number = name, 2
+    while candidate in seen:
+        candidate, number = f"{name}-{number}", number + 1
+    return candidate
+
+
+def _default_model() -> Path:
+    """A small LSTM trained on the embedded corpus, trained once (about two minutes) and cached."""
+    import os
+
+    from rnnlab.training.loop import train
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rnnlab" / "default-model"
+    if (folder / "best.json").is_file():
+        return folder
+    log.info("no checkpoint given: training a small model on the embedded corpus for %.0f minutes (once; "
+             "cached in %s)", DEFAULT_MODEL_MINUTES, folder)
+    config = build_run_config(None, {"model": {"hidden_size": 256}, "train": {
+        "max_minutes": DEFAULT_MODEL_MINUTES, "checkpoint_dir": str(folder), "eval_every": 250, "keep_last": 1}})
+    train(config, progress_bar=False)
+    return folder
 
 
 # --- prepare -------------------------------------------------------------------------------------

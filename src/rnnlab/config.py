@@ -206,6 +206,24 @@ class SampleConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
+    port: int = setting(8000, "TCP port")
+    max_prompt_chars: int = setting(4000, "longest prompt accepted by /v1/complete")
+    max_length: int = setting(2000, "most characters one completion may ask for")
+    max_n: int = setting(8, "most completions one request may ask for")
+    max_streams: int = setting(64, "most completions generated at once across all requests; more get 503")
+    max_score_chars: int = setting(100_000, "longest text accepted by /v1/score")
+    threads: int = setting(1, "torch threads for prompts and scoring (NumPy/OpenBLAS steps use the cores too)")
+
+    def validate(self) -> None:
+        _positive(self, "port", "max_prompt_chars", "max_length", "max_n", "max_streams", "max_score_chars",
+                  "threads")
+        if self.port > 65535:
+            raise ConfigError(f"port must be <= 65535, got {self.port}")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

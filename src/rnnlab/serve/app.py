@@ -1,0 +1,146 @@
+"""The HTTP face of `rnnlab serve`: a page, and a JSON API with an OpenAPI schema (/docs, /openapi.json).
+
+GET  /v1/models    every model served: name, parameters, vocabulary size, corpus, best val loss
+POST /v1/complete  prompt -> n completions (JSON, or server-sent events with "stream": true)
+POST /v1/score     text -> bits per character, overall and for every character
+Prompt characters a model does not know are dropped and listed in the response ("dropped");
+in /v1/score they get no score and are listed ("unknown"). Errors are 4xx JSON: {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import AsyncIterator
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from rnnlab.config import ServeConfig
+from rnnlab.serve.engine import Busy, Capacity, LoadedModel, Scheduler, Stream, surprise
+
+
+class CompleteRequest(BaseModel):
+    model: str | None = Field(None, description="model name from /v1/models (default: the first)")
+    prompt: str = Field("", description="text to continue")
+    length: int | None = Field(None, ge=1, description="characters per completion (default: 200, or the limit)")
+    temperature: float = Field(1.0, gt=0, le=100, description="> 0; lower is more conservative")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely characters (0 = all)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass, in (0, 1]")
+    seed: int | None = Field(None, ge=0, lt=2 ** 63, description="same seed, same completion")
+    n: int = Field(1, ge=1, description="number of completions")
+    stream: bool = Field(False, description="send characters as server-sent events as they are generated")
+
+
+class ScoreRequest(BaseModel):
+    model: str | None = None
+    text: str = Field(..., min_length=1)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def create_app(models: list[LoadedModel], config: ServeConfig) -> FastAPI:
+    if not models:
+        raise ValueError("create_app needs at least one model")
+    torch.set_num_threads(config.threads)
+    app = FastAPI(title="rnnlab", description="Auto-complete text with recurrent language models.")
+    by_name = {m.name: m for m in models}
+    capacity = Capacity(config.max_streams)
+    schedulers: dict[str, Scheduler] = {m.name: Scheduler(m, capacity) for m in models}
+    app.state.schedulers, app.state.capacity = schedulers, capacity
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": problems}, status_code=422)
+
+    def pick(name: str | None) -> LoadedModel:
+        if name is None:
+            return models[0]
+        if name not in by_name:
+            raise ApiError(404, f"no model named {name!r}; see /v1/models")
+        return by_name[name]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return resources.files("rnnlab.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"models": [m.info for m in models]}
+
+    @app.post("/v1/complete")
+    async def complete(body: CompleteRequest, request: Request):
+        loaded = pick(body.model)
+        body.length = body.length or min(200, config.max_length)
+        check_limits(body, config)
+        prime_text = loaded.vocab.drop_unknown(body.prompt)
+        dropped = loaded.vocab.unknown_characters(body.prompt)
+        prime_ids = loaded.vocab.encode(prime_text).tolist() if prime_text else loaded.default_prime()
+        seed = body.seed if body.seed is not None else int(torch.randint(0, 2 ** 62, (1,)))
+        streams = [Stream(prime_ids, body.length, body.temperature, body.top_k, body.top_p,
+                          torch.Generator().manual_seed(seed + i)) for i in range(body.n)]
+        try:
+            schedulers[loaded.name].submit(streams)
+        except Busy as exc:
+            raise ApiError(503, str(exc)) from None
+        if body.stream:
+            return StreamingResponse(events(loaded, streams, dropped, seed), media_type="text/event-stream")
+        texts = [await collect(loaded, stream) for stream in streams]
+        return {"model": loaded.name, "seed": seed, "dropped": dropped,
+                "completions": [{"index": i, "text": t} for i, t in enumerate(texts)]}
+
+    @app.post("/v1/score")
+    async def score(body: ScoreRequest):
+        loaded = pick(body.model)
+        if len(body.text) > config.max_score_chars:
+            raise ApiError(413, f"text has {len(body.text)} characters; the limit is {config.max_score_chars}")
+        unknown = loaded.vocab.unknown_characters(body.text)
+        known = [ch for ch in body.text if ch in loaded.vocab]
+        bits = iter(surprise(loaded, loaded.vocab.encode("".join(known)).tolist()) if known else [])
+        per_char = [{"char": ch, "bits": next(bits) if ch in loaded.vocab else None} for ch in body.text]
+        scored = [c["bits"] for c in per_char if c["bits"] is not None]
+        return {"model": loaded.name, "bits_per_char": sum(scored) / len(scored) if scored else None,
+                "characters": per_char, "unknown": unknown}
+
+    return app
+
+
+def check_limits(body: CompleteRequest, config: ServeConfig) -> None:
+    if len(body.prompt) > config.max_prompt_chars:
+        raise ApiError(413, f"prompt has {len(body.prompt)} characters; the limit is {config.max_prompt_chars}")
+    if body.length > config.max_length:
+        raise ApiError(422, f"length {body.length} is over the limit of {config.max_length}")
+    if body.n > config.max_n:
+        raise ApiError(422, f"n {body.n} is over the limit of {config.max_n}")
+
+
+async def collect(loaded: LoadedModel, stream: Stream) -> str:
+    pieces = []
+    while (token := await stream.queue.get()) is not None:
+        pieces.append(loaded.vocab.chars[token])
+    return "".join(pieces)
+
+
+async def events(loaded: LoadedModel, streams: list[Stream], dropped: list[str], seed: int) -> AsyncIterator[str]:
+    """Server-sent events: one per character ({"index", "text"}), then {"done": true}."""
+    try:
+        yield f"data: {json.dumps({'model': loaded.name, 'seed': seed, 'dropped': dropped})}\n\n"
+        for index, stream in enumerate(streams):
+            while (token := await stream.queue.get()) is not None:
+                yield f"data: {json.dumps({'index': index, 'text': loaded.vocab.chars[token]})}\n\n"
+        yield f"data: {json.dumps({'done': True})}\n\n"
+    finally:  # the client finished, or went away: free the work either way
+        for stream in streams:
+            stream.cancel()

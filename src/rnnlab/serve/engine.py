@@ -1,0 +1,185 @@
+"""Models held once in memory, and a per-model scheduler that micro-batches concurrent completions.
+
+Every model gets one scheduler task. Completions (streams) join and leave its batch between
+steps: a joining stream reads its prompt on its own (the model's fused forward), then its state
+rows are appended to the batch; each step advances every active stream by one character with a
+single batched step of the model's engine, and each stream samples its next character with its
+own settings and seeded generator through the one sampler. A stream that finished, or whose
+client went away, leaves before the next step. Weights are never copied per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rnnlab.config import SampleConfig
+from rnnlab.data.vocab import CharVocab
+from rnnlab.sampling import make_stepper, sample_next_token, start
+from rnnlab.training.checkpoint import load_checkpoint
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    model: torch.nn.Module
+    vocab: CharVocab
+    stepper: object
+    info: dict
+
+    @classmethod
+    def load(cls, name: str, path: str | Path) -> "LoadedModel":
+        ckpt = load_checkpoint(path, weights_only=True)
+        model = ckpt.build_model("cpu")
+        model.requires_grad_(False)
+        info = {"name": name, "checkpoint": str(ckpt.path), "parameters": model.num_parameters(),
+                "vocab_size": len(ckpt.vocab), "cell": ckpt.config.model.cell,
+                "layers": ckpt.config.model.num_layers, "hidden_size": ckpt.config.model.hidden_size,
+                "corpus": ckpt.metrics.get("corpus", "unknown"),
+                "best_val_loss": ckpt.metrics.get("best_val_loss", ckpt.metrics.get("val_loss"))}
+        return cls(name, ckpt.path, model, ckpt.vocab, make_stepper(model, SampleConfig()), info)
+
+    def default_prime(self) -> list[int]:
+        return self.vocab.encode("\n").tolist() if "\n" in self.vocab else []
+
+
+@dataclass
+class Stream:
+    """One completion being generated: its settings, its generator and where its characters go."""
+    prime_ids: list[int]
+    length: int
+    temperature: float
+    top_k: int
+    top_p: float
+    generator: torch.Generator
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    produced: int = 0
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Busy(Exception):
+    """More streams than the server's max_streams: the request gets a 503."""
+
+
+class Scheduler:
+    """Runs the active streams of one model, one batched step per character."""
+
+    def __init__(self, loaded: LoadedModel, capacity: "Capacity"):
+        self.loaded, self.capacity = loaded, capacity
+        self.pending: list[Stream] = []
+        self.active: list[Stream] = []
+        self.logits: torch.Tensor | None = None  # (B, V) next-character logits of the active streams
+        self.state = None
+        self.steps = 0  # batched steps run, for tests and metrics
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    def submit(self, streams: list[Stream]) -> None:
+        self.capacity.acquire(len(streams))
+        self.pending.extend(streams)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            if not self.pending and not self.active:
+                self._wake.clear()
+                await self._wake.wait()
+            joining, self.pending = self.pending, []
+            # The model works in a thread so the event loop keeps serving; queues are fed back here,
+            # on the loop's thread, because asyncio queues are not thread-safe.
+            events = await asyncio.to_thread(self._advance, joining)
+            for stream, item in events:
+                stream.queue.put_nowait(item)
+
+    def _advance(self, joining: list[Stream]) -> list[tuple[Stream, int | None]]:
+        """Join new streams, sample one character for every active one, drop finished ones, step."""
+        self._join(joining)
+        if not self.active:
+            return []
+        tokens = torch.empty(len(self.active), dtype=torch.long)
+        for row, stream in enumerate(self.active):
+            tokens[row] = sample_next_token(self.logits[row:row + 1].float(), stream.temperature, stream.top_k,
+                                            stream.top_p, False, stream.generator)[0]
+        keep, events = [], []
+        for row, stream in enumerate(self.active):
+            if stream.cancelled:
+                continue
+            stream.produced += 1
+            events.append((stream, int(tokens[row])))
+            if stream.produced < stream.length:
+                keep.append(row)
+            else:
+                events.append((stream, None))  # end of this completion
+        self._keep(keep)
+        if self.active:
+            self.logits, self.state = self.loaded.stepper.step(tokens[keep], self.state)
+            self.steps += 1
+        return events
+
+    def _join(self, joining: list[Stream]) -> None:
+        for stream in joining:
+            if stream.cancelled:
+                self.capacity.release(1)
+                continue
+            logits, state = start(self.loaded.stepper, stream.prime_ids, 1)
+            if self.active:
+                self.logits = torch.cat([self.logits, logits.float()])
+                self.state = tuple(torch.cat([a, b], dim=1) for a, b in zip(self.state, state, strict=True))
+            else:
+                self.logits, self.state = logits.float(), state
+            self.active.append(stream)
+
+    def _keep(self, rows: list[int]) -> None:
+        released = len(self.active) - len(rows)
+        if released:
+            index = torch.tensor(rows, dtype=torch.long)
+            self.active = [self.active[r] for r in rows]
+            self.logits = self.logits[index]
+            self.state = tuple(s.index_select(1, index).contiguous() for s in self.state) if rows else None
+            self.capacity.release(released)
+
+
+class Capacity:
+    """The server-wide cap on streams being generated at once (used from the loop and model threads)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def acquire(self, count: int) -> None:
+        with self._lock:
+            if self.used + count > self.limit:
+                raise Busy(f"the server is generating {self.used} completions (limit {self.limit}); try again shortly")
+            self.used += count
+
+    def release(self, count: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - count)
+
+
+def surprise(loaded: LoadedModel, ids: list[int]) -> list[float]:
+    """Bits each character of `ids` cost the model, reading from the default start (a line break)."""
+    context = loaded.default_prime()
+    tokens = torch.tensor([context + ids], dtype=torch.long)
+    with torch.inference_mode():
+        logits, _, _ = loaded.model(tokens[:, :-1])
+        log_probs = torch.log_softmax(logits.float(), dim=-1)[0, len(context) - 1:] if context else None
+    if log_probs is None:  # no natural start: the first character is scored against a uniform guess
+        with torch.inference_mode():
+            logits, _, _ = loaded.model(tokens)
+            rest = torch.log_softmax(logits.float(), dim=-1)[0, :-1]
+        first = torch.full((1, rest.shape[-1]), -math.log(rest.shape[-1]))
+        log_probs = torch.cat([first, rest])
+    picked = log_probs.gather(-1, torch.tensor(ids)[:, None])[:, 0]
+    return (-picked / math.log(2)).tolist()
