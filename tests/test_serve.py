@@ -120,3 +120,17 @@ def test_concurrent_streams_share_batched_steps_and_cancelled_ones_leave(loaded)
     assert len(texts[0]) == 40 and len(texts[1]) == 40
     assert scheduler.steps < 2 * 40  # the streams advanced together, not one after another
     assert scheduler.active == [] and scheduler.capacity.used == 0  # the cancelled stream freed its slot
+
+
+def test_max_batch_one_serves_one_completion_at_a_time(loaded):
+    async def scenario():
+        scheduler = Scheduler(loaded[0], Capacity(10), max_batch=1)
+        streams = [Stream([1, 2], 15, 1.0, 0, 1.0, torch.Generator().manual_seed(i)) for i in range(3)]
+        scheduler.submit(streams)
+        for stream in streams:
+            while await stream.queue.get() is not None:
+                pass
+        return scheduler
+
+    scheduler = asyncio.run(scenario())
+    assert scheduler.steps == 3 * 14  # each completion stepped on its own (its first character needs no step)

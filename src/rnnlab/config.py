@@ -214,11 +214,14 @@ class ServeConfig:
     max_n: int = setting(8, "most completions one request may ask for")
     max_streams: int = setting(64, "most completions generated at once across all requests; more get 503")
     max_score_chars: int = setting(100_000, "longest text accepted by /v1/score")
+    max_batch: int = setting(0, "most completions one model advances per step (0 = all active: micro-batching; "
+                                "1 = one completion at a time)")
     threads: int = setting(1, "torch threads for prompts and scoring (NumPy/OpenBLAS steps use the cores too)")
 
     def validate(self) -> None:
         _positive(self, "port", "max_prompt_chars", "max_length", "max_n", "max_streams", "max_score_chars",
                   "threads")
+        _non_negative(self, "max_batch")
         if self.port > 65535:
             raise ConfigError(f"port must be <= 65535, got {self.port}")
 

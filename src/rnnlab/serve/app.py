@@ -53,7 +53,7 @@ def create_app(models: list[LoadedModel], config: ServeConfig) -> FastAPI:
     app = FastAPI(title="rnnlab", description="Auto-complete text with recurrent language models.")
     by_name = {m.name: m for m in models}
     capacity = Capacity(config.max_streams)
-    schedulers: dict[str, Scheduler] = {m.name: Scheduler(m, capacity) for m in models}
+    schedulers: dict[str, Scheduler] = {m.name: Scheduler(m, capacity, config.max_batch) for m in models}
     app.state.schedulers, app.state.capacity = schedulers, capacity
 
     @app.exception_handler(ApiError)

@@ -73,8 +73,8 @@ class Busy(Exception):
 class Scheduler:
     """Runs the active streams of one model, one batched step per character."""
 
-    def __init__(self, loaded: LoadedModel, capacity: "Capacity"):
-        self.loaded, self.capacity = loaded, capacity
+    def __init__(self, loaded: LoadedModel, capacity: "Capacity", max_batch: int = 0):
+        self.loaded, self.capacity, self.max_batch = loaded, capacity, max_batch
         self.pending: list[Stream] = []
         self.active: list[Stream] = []
         self.logits: torch.Tensor | None = None  # (B, V) next-character logits of the active streams
@@ -95,7 +95,8 @@ class Scheduler:
             if not self.pending and not self.active:
                 self._wake.clear()
                 await self._wake.wait()
-            joining, self.pending = self.pending, []
+            room = self.max_batch - len(self.active) if self.max_batch else len(self.pending)
+            joining, self.pending = self.pending[:max(room, 0)], self.pending[max(room, 0):]
             # The model works in a thread so the event loop keeps serving; queues are fed back here,
             # on the loop's thread, because asyncio queues are not thread-safe.
             events = await asyncio.to_thread(self._advance, joining)
