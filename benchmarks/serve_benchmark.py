@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 import torch
-
 from common import machine
+
 from rnnlab.config import ModelConfig, RunConfig
 from rnnlab.data.vocab import CharVocab
 from rnnlab.models.lm import RecurrentLM
