@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, "serve", ServeConfig)
     p.set_defaults(handler=cmd_serve)
 
+    p = commands.add_parser("export", help="export a checkpoint's step for onnxruntime (hosts without PyTorch)",
+                            parents=[quiet])
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
+    p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format for now)")
+    p.add_argument("--out", default="model.onnx", help="output file; FILE.json goes beside it (default: model.onnx)")
+    p.set_defaults(handler=cmd_export)
+
     p = commands.add_parser("prepare", help="prepare (cache) the token file of a text corpus", parents=[quiet])
     p.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file or folder with input.txt")
     add_flags(p, "data", DataConfig, skip=("path",))
@@ -415,6 +422,16 @@ def _default_model() -> Path:
         "max_minutes": DEFAULT_MODEL_MINUTES, "checkpoint_dir": str(folder), "eval_every": 250, "keep_last": 1}})
     train(config, progress_bar=False)
     return folder
+
+
+# --- export --------------------------------------------------------------------------------------
+
+def cmd_export(args) -> int:
+    from rnnlab.export import export_onnx
+
+    graph, meta = export_onnx(args.checkpoint, args.out)
+    print(f"written: {graph} and {meta}")
+    return 0
 
 
 # --- prepare -------------------------------------------------------------------------------------
