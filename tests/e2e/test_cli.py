@@ -193,3 +193,14 @@ def test_scheme_presets_train_and_sample_as_the_paper(tmp_path, capsys):
     assert code == 0 and calls == [("windowed", 16)]
     code, out, _ = run(capsys, "eval", folder, folder.parent / "s1" / "log.jsonl", "--burn-in", "16", "--json")
     assert code in (0, 1)  # the run log may hold characters outside the vocabulary; only no traceback matters
+
+
+def test_serve_without_checkpoints_trains_a_default_model_once(tmp_path, monkeypatch):
+    import rnnlab.cli as cli
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_MINUTES", 0.02)
+    folder = cli._default_model()
+    assert (folder / "best.json").is_file() and folder == tmp_path / "rnnlab" / "default-model"
+    first = load_checkpoint(folder).path
+    assert cli._default_model() == folder and load_checkpoint(folder).path == first  # cached, not retrained
+    assert load_checkpoint(folder).config.model.hidden_size == 256
