@@ -36,3 +36,18 @@ def test_engine_and_model_sample_the_same_text_for_the_same_seed():
     fast = torch.stack(list(generate(CpuStepEngine(model), [1, 2, 3], config)))
     slow = torch.stack(list(generate(model, [1, 2, 3], config)))
     assert torch.equal(fast, slow)
+
+
+def test_engine_and_model_share_one_copy_of_the_weights():
+    model = RecurrentLM(ModelConfig(num_layers=2, hidden_size=16, embedding_size=4), 11).eval()
+    engine = CpuStepEngine(model)
+    stacked = [torch.from_numpy(s) for s in engine.stacked]
+    assert model.layers.weight_hh_l0.data_ptr() == stacked[0][model.layers.weight_ih_l1.shape[0]:].data_ptr()
+    assert model.layers.weight_ih_l1.data_ptr() == stacked[0].data_ptr()
+    assert model.head.weight.data_ptr() == stacked[1].data_ptr()
+    logits, _ = engine.step(torch.tensor([1]), engine.init_state(1))
+    with torch.no_grad():
+        model.head.weight.zero_()  # the engine sees the model's weights, not a copy
+    zeroed, _ = engine.step(torch.tensor([1]), engine.init_state(1))
+    torch.testing.assert_close(zeroed[0], model.head.bias.detach())
+    assert not torch.equal(logits, zeroed)

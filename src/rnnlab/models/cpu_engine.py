@@ -10,10 +10,12 @@ re-arranges the same fp32 weights for the one-step case and steps with NumPy:
   [W_ih of the layer above (or the output layer); W_hh of this layer]. The top half feeds the
   layer above now; the bottom half is this layer's recurrent term for the *next* step, kept in
   the state as `r` (L, B, G*H). Fewer, larger BLAS calls keep both cores busy.
+* the weights are not copied: the model's parameters become views of those stacked buffers, so a
+  server holding many models keeps each one's weights once (the fused forward that reads prompts
+  uses the same memory);
 * the first layer's input projection (embedding or one-hot times W_ih, plus biases) is folded
   into a (V, G*H) table, so an input token costs a row lookup;
-* LSTM gates are re-ordered to (i, f, o, g) with the sigmoid rows pre-scaled by 1/2, so one tanh
-  over all gates yields every gate (sigmoid(x) = (1 + tanh(x/2)) / 2).
+* one tanh over all LSTM gates yields every gate (sigmoid(x) = (1 + tanh(x/2)) / 2).
 
 It is the model's step re-expressed, not a second model: tests/test_cpu_engine.py checks its
 logits against `RecurrentLM.step` (fp32, tolerance 1e-4) for every cell type, embedding or
@@ -46,45 +48,29 @@ class CpuStepEngine:
         self.gate_width = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * self.hidden
         self.vocab_size = model.vocab_size
         self._model = model
+        weights = [stack.layer_weights(k) for k in range(self.num_layers)]
+        first_head = model.dense if model.dense is not None else model.head
         with torch.no_grad():
-            layers = [[_numpy(w) for w in stack.layer_weights(k)] for k in range(self.num_layers)]
-            first_head = model.dense if model.dense is not None else model.head
-            head_w, head_b = _numpy(first_head.weight), _numpy(first_head.bias)
+            self.table = self._input_table(model, weights[0])
             # the paper architecture's last layer, applied after the leaky ReLU of the dense layer
-            self.final = ((_numpy(model.head.weight).astype(F32), _numpy(model.head.bias).astype(F32))
-                          if model.dense is not None else None)
-            embedding = _numpy(model.embedding.weight) if model.embedding is not None else None
-        self.table = self._input_table(embedding, layers[0])
-        self.stacked, self.input_bias, self.recurrent_bias = [], [], []
-        for k in range(self.num_layers):
-            above_w, above_b = (layers[k + 1][0], layers[k + 1][2]) if k + 1 < self.num_layers else (head_w, head_b)
-            w_hh, b_hh = layers[k][1], layers[k][3]
-            is_head = k + 1 == self.num_layers
-            upper = above_w if is_head else self._gates(above_w)
-            self.stacked.append(np.ascontiguousarray(np.concatenate([upper, self._gates(w_hh)]), dtype=F32))
-            if is_head:
-                self.input_bias.append(above_b.astype(F32))
-            elif self.cell == "gru":
-                self.input_bias.append(above_b.astype(F32))
-            else:  # LSTM/RNN: both biases of the layer above are added to its input term
-                self.input_bias.append(self._gates((above_b + layers[k + 1][3])[:, None])[:, 0].astype(F32))
-            self.recurrent_bias.append(b_hh.astype(F32) if self.cell == "gru" else None)
+            self.final = ((_numpy(model.head.weight), _numpy(model.head.bias)) if model.dense is not None else None)
+            self.stacked, self.input_bias, self.recurrent_bias = [], [], []
+            for k in range(self.num_layers):
+                if k + 1 < self.num_layers:
+                    above_w, _, above_b, above_b2 = weights[k + 1]
+                    bias = above_b if self.cell == "gru" else above_b + above_b2  # LSTM/RNN: both biases
+                else:
+                    above_w, bias = first_head.weight, first_head.bias
+                self.stacked.append(_stack_in_place(above_w, weights[k][1]))
+                self.input_bias.append(_numpy(bias).copy())
+                self.recurrent_bias.append(_numpy(weights[k][3]).copy() if self.cell == "gru" else None)
 
-    # --- weight re-arrangement ---------------------------------------------------------------
-
-    def _gates(self, matrix: np.ndarray) -> np.ndarray:
-        """LSTM rows (i, f, g, o) -> (i, f, o, g) with sigmoid rows halved; other cells unchanged."""
-        if self.cell != "lstm":
-            return matrix
-        h = self.hidden
-        i, f, g, o = (matrix[k * h:(k + 1) * h] for k in range(4))
-        return np.concatenate([0.5 * i, 0.5 * f, 0.5 * o, g])
-
-    def _input_table(self, embedding: np.ndarray | None, first_layer) -> np.ndarray:
+    def _input_table(self, model: RecurrentLM, first_layer) -> np.ndarray:
+        """(V, G*H): the first layer's input term for every token, biases included."""
         w_ih, _, b_ih, b_hh = first_layer
-        projected = embedding @ w_ih.T if embedding is not None else w_ih.T.copy()
-        projected = projected + b_ih + (0.0 if self.cell == "gru" else b_hh)
-        return np.ascontiguousarray(self._gates(projected.T).T, dtype=F32)
+        inputs = model.embedding.weight if model.embedding is not None else torch.eye(model.vocab_size)
+        table = inputs.float() @ w_ih.float().T + b_ih + (0.0 if self.cell == "gru" else b_hh)
+        return np.ascontiguousarray(table.cpu().numpy(), dtype=F32)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -147,11 +133,15 @@ class CpuStepEngine:
         return h @ matrix.T
 
     def _lstm(self, gates: np.ndarray, c: np.ndarray, h_out: np.ndarray, c_out: np.ndarray) -> None:
-        """Gates (i, f, o, g) with i, f, o pre-halved: one tanh gives 2*sigmoid - 1 and tanh(g)."""
+        """Gates (i, f, g, o): sigmoid(x) = (1 + tanh(x/2)) / 2, so one tanh serves every gate."""
         hd = self.hidden
+        sigmoid_rows = (gates[:, :2 * hd], gates[:, 3 * hd:])
+        for rows in sigmoid_rows:
+            rows *= 0.5
         np.tanh(gates, out=gates)
-        gates[:, :3 * hd] += 1.0  # 2i, 2f, 2o
-        i2, f2, o2, g = gates[:, :hd], gates[:, hd:2 * hd], gates[:, 2 * hd:3 * hd], gates[:, 3 * hd:]
+        for rows in sigmoid_rows:
+            rows += 1.0  # 2i, 2f | 2o
+        i2, f2, g, o2 = gates[:, :hd], gates[:, hd:2 * hd], gates[:, 2 * hd:3 * hd], gates[:, 3 * hd:]
         np.multiply(f2, c, out=c_out)
         g *= i2
         c_out += g
@@ -170,4 +160,16 @@ class CpuStepEngine:
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().float().cpu().numpy().astype(np.float64)
+    return tensor.detach().float().cpu().numpy()
+
+
+def _stack_in_place(upper: torch.nn.Parameter, lower: torch.nn.Parameter) -> np.ndarray:
+    """One C-contiguous fp32 buffer [upper; lower] that the two parameters become views of.
+
+    The engine multiplies h by both at once, and the model keeps using the same memory: the
+    weights exist once, however many engines a server builds.
+    """
+    buffer = torch.cat([upper.detach().float().cpu(), lower.detach().float().cpu()]).contiguous()
+    if upper.device.type == "cpu" and upper.dtype == torch.float32 and lower.dtype == torch.float32:
+        upper.data, lower.data = buffer[:upper.shape[0]], buffer[upper.shape[0]:]
+    return buffer.numpy()

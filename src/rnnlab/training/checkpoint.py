@@ -90,7 +90,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: RunConfig, vocab
         document["optimizer"], optimizer_tensors = _flatten_optimizer(optimizer.state_dict())
         tensors.update(optimizer_tensors)
     tensors.update(extra_tensors or {})
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # clone: parameters may be views of one shared buffer (the CPU engine's), which safetensors refuses
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     metadata = {METADATA_KEY: json.dumps(document, ensure_ascii=False)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return Path(path)
