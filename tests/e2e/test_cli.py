@@ -204,3 +204,14 @@ def test_serve_without_checkpoints_trains_a_default_model_once(tmp_path, monkeyp
     first = load_checkpoint(folder).path
     assert cli._default_model() == folder and load_checkpoint(folder).path == first  # cached, not retrained
     assert load_checkpoint(folder).config.model.hidden_size == 256
+
+
+def test_resume_through_the_cli_continues_the_run(tmp_path, capsys):
+    folder = tmp_path / "ck"
+    code, out, err = run(capsys, "train", *TINY, "--max-steps", 10, "--eval-every", 5, "--checkpoint-dir", folder)
+    assert code == 0, err
+    code, out, err = run(capsys, "train", "--resume", folder, "--max-steps", 20, "--no-progress",
+                         "--sample-length", "0")
+    assert code == 0, err
+    assert "resuming" in err and "done after 20 steps" in out
+    assert load_checkpoint(folder, prefer="last").trainer["progress"]["step"] == 20
