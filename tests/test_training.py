@@ -127,3 +127,14 @@ def test_resume_of_a_weights_only_file_is_refused(tmp_path, trained_checkpoint):
     bare = save_checkpoint(tmp_path / "bare.safetensors", ckpt.build_model(), ckpt.config, ckpt.vocab, metrics={})
     with pytest.raises(CheckpointError, match="no training state to resume"):
         train(ckpt.config, resume=bare, progress_bar=False)
+
+
+def test_training_with_awd_regularizers(tmp_path):
+    config = tiny_config(tmp_path, max_steps=6, eval_every=3)
+    for name, value in dict(dropout_embedding=0.1, dropout_input=0.2, dropout_hidden=0.2, dropout_output=0.2,
+                            weight_drop=0.3, activation_regularization=2.0,
+                            temporal_activation_regularization=1.0).items():
+        setattr(config.model, name, value)
+    result = train(config, progress_bar=False)
+    assert math.isfinite(result.val_loss)
+    assert load_checkpoint(result.last_checkpoint).config.model.weight_drop == 0.3

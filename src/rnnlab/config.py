@@ -67,10 +67,26 @@ class ModelConfig:
                                 "recurrent and Glorot-uniform dense initialization (and, unless set, the paper's "
                                 "Adam 1e-3, batch 64, clipping at 50, no dropout)", choices=("default", "paper"))
     dense_size: int = setting(1024, "width of the paper architecture's dense layer")
+    dropout_embedding: float = setting(0.0, "AWD-LSTM embedding dropout: drop whole tokens (rows of the embedding)")
+    dropout_input: float = setting(0.0, "AWD-LSTM locked (variational) dropout on the first layer's inputs")
+    dropout_hidden: float = setting(0.0, "AWD-LSTM locked dropout between recurrent layers, one mask per sequence")
+    dropout_output: float = setting(0.0, "AWD-LSTM locked dropout on the last recurrent layer's outputs")
+    weight_drop: float = setting(0.0, "AWD-LSTM weight drop: DropConnect on the hidden-to-hidden weights, one mask "
+                                      "per sequence, inside the fused kernel's weights")
+    activation_regularization: float = setting(0.0, "AR: add alpha * mean(dropped last-layer outputs^2) to the "
+                                                    "training loss", flag="ar")
+    temporal_activation_regularization: float = setting(0.0, "TAR: add beta * mean((h_t - h_(t-1))^2) of the "
+                                                             "last layer to the training loss", flag="tar")
 
     def validate(self) -> None:
         _check_choices(self)
         _positive(self, "num_layers", "hidden_size")
+        for name in ("dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        _non_negative(self, "activation_regularization", "temporal_activation_regularization")
+        if self.dropout_embedding and not self.embedding_size:
+            raise ConfigError("dropout_embedding needs an embedding (--embedding-size > 0)")
         if self.embedding_size < 0:
             raise ConfigError(f"embedding_size must be >= 0 (0 = one-hot), got {self.embedding_size}")
         if not 0.0 <= self.dropout < 1.0:

@@ -13,9 +13,12 @@ regularizers that transform the weights before the fused call.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
+
+from rnnlab.models.regularizers import drop_connect
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 State = tuple[torch.Tensor, ...]  # LSTM: (h, c); GRU/RNN: (h,) — each (L, B, H)
@@ -63,13 +66,31 @@ class RecurrentStack(nn.Module):
         zeros = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 if self.cell == "lstm" else 1)]
         return tuple(zeros)
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """x: (B, T, I) -> outputs (B, T, H), final state."""
+    def forward(self, x: torch.Tensor, state: State | None = None, weight_drop: float = 0.0,
+                between: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, State]:
+        """x: (B, T, I) -> outputs (B, T, H), final state.
+
+        With `weight_drop` (DropConnect on W_hh, one mask per call) or a `between` transform (e.g.
+        locked dropout between layers), the layers run one fused call each; otherwise all at once.
+        """
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
-        weights = [w for layer in range(self.num_layers) for w in self.layer_weights(layer)]
-        dropout = self.dropout if self.num_layers > 1 else 0.0
-        args = (weights, True, self.num_layers, dropout, self.training, False, True)
+        if not weight_drop and between is None:
+            weights = [w for layer in range(self.num_layers) for w in self.layer_weights(layer)]
+            return self._fused(x, state, weights, self.num_layers, self.dropout if self.num_layers > 1 else 0.0)
+        finals = []
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
+            w_hh = drop_connect(w_hh, weight_drop, self.training)
+            layer_state = tuple(s[layer:layer + 1] for s in state)
+            x, layer_state = self._fused(x, layer_state, [w_ih, w_hh, b_ih, b_hh], 1, 0.0)
+            finals.append(layer_state)
+            if layer + 1 < self.num_layers and between is not None:
+                x = between(x)
+        return x, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
+
+    def _fused(self, x, state: State, weights, num_layers: int, dropout: float) -> tuple[torch.Tensor, State]:
+        args = (weights, True, num_layers, dropout, self.training, False, True)
         if self.cell == "lstm":
             output, h, c = torch.lstm(x, state, *args)
             return output, (h, c)

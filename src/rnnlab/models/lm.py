@@ -14,6 +14,12 @@ from torch import nn
 
 from rnnlab.config import ModelConfig
 from rnnlab.models.cells import RecurrentStack, State
+from rnnlab.models.regularizers import (
+    activation_penalty,
+    embedding_dropout,
+    locked_dropout,
+    temporal_activation_penalty,
+)
 
 LEAKINESS = 0.01  # the paper's leaky ReLU slope
 
@@ -64,9 +70,10 @@ class RecurrentLM(nn.Module):
         return self.layers.init_state(batch_size, device, self.head.weight.dtype)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, E) embeddings, or (B, T, V) one-hot vectors."""
+        """(B, T) ids -> (B, T, E) embeddings (whole tokens dropped in training), or (B, T, V) one-hot."""
         if self.embedding is not None:
-            return self.embedding(tokens)
+            weight = embedding_dropout(self.embedding.weight, self.config.dropout_embedding, self.training)
+            return F.embedding(tokens, weight)
         return F.one_hot(tokens, self.vocab_size).to(self.head.weight.dtype)
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None,
@@ -78,7 +85,14 @@ class RecurrentLM(nn.Module):
         """
         if state is None:
             state = self.init_state(tokens.shape[0], tokens.device)
-        hidden, state = self.layers(self.embed(tokens), state)
+        cfg, training = self.config, self.training
+        inputs = locked_dropout(self.embed(tokens), cfg.dropout_input, training)
+        between = None
+        if training and cfg.dropout_hidden:
+            def between(h):
+                return locked_dropout(h, cfg.dropout_hidden, True)
+        raw, state = self.layers(inputs, state, weight_drop=cfg.weight_drop if training else 0.0, between=between)
+        hidden = locked_dropout(raw, cfg.dropout_output, training)
         logits = self.output(hidden)
         loss = None
         if targets is not None:
@@ -88,6 +102,9 @@ class RecurrentLM(nn.Module):
             else:
                 per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none").view(targets.shape)
                 loss = (per_token * loss_weights).sum() / (loss_weights.sum() * targets.shape[0])
+            if training:  # AR and TAR shape the activations while training; evaluation reports pure CE
+                loss = loss + activation_penalty(hidden.float(), cfg.activation_regularization) \
+                    + temporal_activation_penalty(raw.float(), cfg.temporal_activation_regularization)
         return logits, loss, state
 
     def prime(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

@@ -1,0 +1,103 @@
+"""AWD-LSTM's regularizers: off in eval mode, masks shared across time, refreshed per sequence, AR/TAR."""
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.config import ModelConfig, add_flags, overrides_from_args
+from rnnlab.errors import ConfigError
+from rnnlab.models.cells import lstm_reference_step
+from rnnlab.models.lm import RecurrentLM
+from rnnlab.models.regularizers import drop_connect, embedding_dropout, locked_dropout
+
+ALL_ON = dict(dropout_embedding=0.3, dropout_input=0.3, dropout_hidden=0.3, dropout_output=0.3, weight_drop=0.5,
+              activation_regularization=2.0, temporal_activation_regularization=1.0)
+
+
+def twin_models(**regularizers):
+    torch.manual_seed(0)
+    base = ModelConfig(num_layers=2, hidden_size=12, embedding_size=6, dropout=0.0)
+    plain = RecurrentLM(base, 9)
+    regular = RecurrentLM(ModelConfig(**{**base.__dict__, **regularizers}), 9)
+    regular.load_state_dict(plain.state_dict())
+    return plain, regular
+
+
+def test_every_regularizer_is_off_in_eval_mode():
+    plain, regular = twin_models(**ALL_ON)
+    tokens, targets = torch.randint(0, 9, (3, 7)), torch.randint(0, 9, (3, 7))
+    plain.eval(), regular.eval()
+    a, loss_a, _ = plain(tokens, targets=targets)
+    b, loss_b, _ = regular(tokens, targets=targets)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(loss_a, loss_b)  # no AR/TAR in the evaluation loss
+    regular.train()
+    assert not torch.allclose(regular(tokens, targets=targets)[1], loss_b)
+
+
+def test_weight_drop_uses_one_mask_for_the_whole_sequence_and_a_new_one_next_time():
+    _, model = twin_models(weight_drop=0.5)
+    model.train()
+    tokens = torch.randint(0, 9, (2, 6))
+    torch.manual_seed(42)
+    out, _, _ = model(tokens)
+    torch.manual_seed(42)  # draw the same masks, then run every step with them by hand
+    dropped = [drop_connect(model.layers.layer_weights(k)[1], 0.5, True) for k in range(2)]
+    x = model.embed(tokens)
+    h = [torch.zeros(2, 12) for _ in range(2)]
+    c = [torch.zeros(2, 12) for _ in range(2)]
+    outputs = []
+    for t in range(6):
+        inp = x[:, t]
+        for k in range(2):
+            w_ih, _, b_ih, b_hh = model.layers.layer_weights(k)
+            h[k], c[k] = lstm_reference_step(inp, h[k], c[k], w_ih, dropped[k], b_ih, b_hh)
+            inp = h[k]
+        outputs.append(model.head(inp))
+    torch.testing.assert_close(out, torch.stack(outputs, 1), atol=1e-5, rtol=1e-5)
+    again, _, _ = model(tokens)
+    assert not torch.allclose(out, again)  # the next sequence gets a fresh mask
+
+
+def test_locked_dropout_shares_its_mask_across_time():
+    torch.manual_seed(0)
+    out = locked_dropout(torch.ones(4, 10, 32), 0.5, True)
+    zeros = out == 0
+    assert torch.equal(zeros, zeros[:, :1].expand_as(zeros))  # the same units are dropped at every step
+    assert zeros.any() and not zeros.all()
+    assert torch.equal(locked_dropout(torch.ones(2, 3, 4), 0.5, False), torch.ones(2, 3, 4))
+
+
+def test_embedding_dropout_drops_whole_tokens():
+    torch.manual_seed(1)
+    weight = torch.randn(50, 8) + 5.0
+    dropped = embedding_dropout(weight, 0.5, True)
+    rows_zero = (dropped == 0).all(dim=1)
+    assert rows_zero.any() and not rows_zero.all()
+    kept = ~rows_zero
+    torch.testing.assert_close(dropped[kept], weight[kept] * 2)  # kept rows are rescaled by 1/(1-p)
+
+
+def test_ar_and_tar_are_added_to_the_training_loss():
+    _, model = twin_models(activation_regularization=2.0, temporal_activation_regularization=3.0)
+    model.train()
+    tokens, targets = torch.randint(0, 9, (2, 5)), torch.randint(0, 9, (2, 5))
+    logits, loss, _ = model(tokens, targets=targets)
+    hidden, _ = model.layers(model.embed(tokens))
+    expected = (F.cross_entropy(logits.reshape(-1, 9), targets.reshape(-1)) + 2.0 * hidden.pow(2).mean()
+                + 3.0 * (hidden[:, 1:] - hidden[:, :-1]).pow(2).mean())
+    torch.testing.assert_close(loss, expected)
+
+
+def test_flags_and_validation():
+    parser = argparse.ArgumentParser()
+    add_flags(parser, "model", ModelConfig)
+    args = parser.parse_args(["--weight-drop", "0.5", "--ar", "2", "--tar", "1", "--dropout-embedding", "0.1",
+                              "--dropout-input", "0.2", "--dropout-hidden", "0.2", "--dropout-output", "0.3"])
+    assert overrides_from_args(args)["model"]["activation_regularization"] == 2.0
+    with pytest.raises(ConfigError, match="weight_drop must be in"):
+        ModelConfig(weight_drop=1.0).validate()
+    with pytest.raises(ConfigError, match="needs an embedding"):
+        ModelConfig(embedding_size=0, dropout_embedding=0.1).validate()
