@@ -67,6 +67,14 @@ class ModelConfig:
                                 "recurrent and Glorot-uniform dense initialization (and, unless set, the paper's "
                                 "Adam 1e-3, batch 64, clipping at 50, no dropout)", choices=("default", "paper"))
     dense_size: int = setting(1024, "width of the paper architecture's dense layer")
+    head: str = setting("softmax", "output layer: softmax (linear + softmax), adaptive (PyTorch's adaptive softmax: "
+                        "frequent tokens cheap, rare ones in smaller clusters; ids must be sorted by frequency, as "
+                        "word vocabularies are) or mos (mixture of --mos-experts softmaxes)",
+                        choices=("softmax", "adaptive", "mos"))
+    tie_weights: bool = setting(False, "share the output layer's weights with the embedding (a linear projection "
+                                       "maps the last layer to the embedding width when they differ)")
+    adaptive_cutoffs: str = setting("", "adaptive softmax cluster boundaries, e.g. 2000,10000 (default: V/10,V/3)")
+    mos_experts: int = setting(5, "softmaxes mixed by the mos head")
     dropout_embedding: float = setting(0.0, "AWD-LSTM embedding dropout: drop whole tokens (rows of the embedding)")
     dropout_input: float = setting(0.0, "AWD-LSTM locked (variational) dropout on the first layer's inputs")
     dropout_hidden: float = setting(0.0, "AWD-LSTM locked dropout between recurrent layers, one mask per sequence")
@@ -87,13 +95,36 @@ class ModelConfig:
         _non_negative(self, "activation_regularization", "temporal_activation_regularization")
         if self.dropout_embedding and not self.embedding_size:
             raise ConfigError("dropout_embedding needs an embedding (--embedding-size > 0)")
+        _positive(self, "mos_experts", "dense_size")
         if self.embedding_size < 0:
             raise ConfigError(f"embedding_size must be >= 0 (0 = one-hot), got {self.embedding_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        _positive(self, "dense_size")
         if self.architecture == "paper" and (self.cell != "lstm" or self.embedding_size):
             raise ConfigError("the paper architecture is an LSTM on one-hot input: drop --cell/--embedding-size")
+        if self.tie_weights and not self.embedding_size:
+            raise ConfigError("tie_weights shares the embedding with the output layer: set --embedding-size > 0")
+        if self.tie_weights and self.head != "softmax":
+            raise ConfigError(f"tie_weights works with the softmax head for now, not {self.head}")
+        if self.architecture == "paper" and (self.head != "softmax" or self.tie_weights):
+            raise ConfigError("the paper architecture has a plain softmax output")
+        self.cutoffs(None)
+
+    def cutoffs(self, vocab_size: int | None) -> list[int]:
+        """The adaptive softmax's cluster boundaries for a vocabulary (checked: increasing, inside it)."""
+        try:
+            given = [int(v) for v in self.adaptive_cutoffs.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"adaptive_cutoffs must be integers like 2000,10000; got "
+                              f"{self.adaptive_cutoffs!r}") from None
+        if vocab_size is None:
+            return given
+        cutoffs = given or sorted({max(1, vocab_size // 10), max(2, vocab_size // 3)})
+        if any(b <= a for a, b in zip(cutoffs[:-1], cutoffs[1:], strict=True)) or cutoffs[0] < 1 \
+                or cutoffs[-1] >= vocab_size:
+            raise ConfigError(f"adaptive cutoffs {cutoffs} must increase and stay inside the vocabulary of "
+                              f"{vocab_size}")
+        return cutoffs
 
 
 @dataclass

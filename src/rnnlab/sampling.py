@@ -120,7 +120,8 @@ def _beam_steps(stepper, logits, state, length: int, beam_width: int) -> list[in
 def make_stepper(model, config: SampleConfig):
     """The fastest exact stepper for where the model lives: the NumPy engine on CPU, else the model."""
     device = next(model.parameters()).device
-    if config.fast and device.type == "cpu":
+    plain_output = model.head is not None and model.projection is None  # what the engine re-expresses
+    if config.fast and device.type == "cpu" and plain_output:
         from rnnlab.models.cpu_engine import CpuStepEngine
         return CpuStepEngine(model)
     return model

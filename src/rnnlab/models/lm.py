@@ -14,6 +14,7 @@ from torch import nn
 
 from rnnlab.config import ModelConfig
 from rnnlab.models.cells import RecurrentStack, State
+from rnnlab.models.heads import AdaptiveHead, MixtureOfSoftmaxes
 from rnnlab.models.regularizers import (
     activation_penalty,
     embedding_dropout,
@@ -35,7 +36,19 @@ class RecurrentLM(nn.Module):
         self.output_dropout = nn.Dropout(config.dropout)
         # The paper's architecture puts a dense leaky-ReLU layer between the LSTM and the output.
         self.dense = nn.Linear(config.hidden_size, config.dense_size) if config.architecture == "paper" else None
-        self.head = nn.Linear(config.dense_size if self.dense is not None else config.hidden_size, vocab_size)
+        width = config.dense_size if self.dense is not None else config.hidden_size
+        # Tied weights: the output layer reuses the embedding, so its input must be embedding-wide.
+        self.projection = None
+        if config.tie_weights and width != config.embedding_size:
+            self.projection = nn.Linear(width, config.embedding_size, bias=False)
+            width = config.embedding_size
+        self.head = nn.Linear(width, vocab_size) if config.head == "softmax" else None
+        self.head_module = {"softmax": None, "adaptive": lambda: AdaptiveHead(width, vocab_size,
+                                                                              config.cutoffs(vocab_size)),
+                            "mos": lambda: MixtureOfSoftmaxes(width, vocab_size, config.mos_experts)}[config.head]
+        self.head_module = self.head_module() if self.head_module else None
+        if config.tie_weights:
+            self.head.weight = self.embedding.weight  # one Parameter, trained and saved as one
         if config.architecture == "paper":
             self._paper_init()
         # The paper's learned initial state h0 (and c0 for LSTM), one (L, 1, H) tensor each, trained
@@ -55,26 +68,33 @@ class RecurrentLM(nn.Module):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Top recurrent outputs (..., H) -> logits (..., V)."""
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Top recurrent outputs (..., H) -> what the output layer reads (dropout, dense, projection)."""
         hidden = self.output_dropout(hidden)
         if self.dense is not None:
             hidden = F.leaky_relu(self.dense(hidden), negative_slope=LEAKINESS)
-        return self.head(hidden)
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        return hidden
+
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Top recurrent outputs (..., H) -> logits (..., V) (log-probabilities for adaptive and mos heads)."""
+        features = self.head_input(hidden)
+        return self.head(features) if self.head is not None else self.head_module(features)
 
     def init_state(self, batch_size: int, device=None) -> State:
         """The state every sequence starts from: zeros, or the learned h0/c0 repeated for the batch."""
         if len(self.initial_state):
             return tuple(p.expand(-1, batch_size, -1).contiguous() for p in self.initial_state)
-        device = device if device is not None else self.head.weight.device
-        return self.layers.init_state(batch_size, device, self.head.weight.dtype)
+        reference = self.layers.weight_hh_l0
+        return self.layers.init_state(batch_size, device if device is not None else reference.device, reference.dtype)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, E) embeddings (whole tokens dropped in training), or (B, T, V) one-hot."""
         if self.embedding is not None:
             weight = embedding_dropout(self.embedding.weight, self.config.dropout_embedding, self.training)
             return F.embedding(tokens, weight)
-        return F.one_hot(tokens, self.vocab_size).to(self.head.weight.dtype)
+        return F.one_hot(tokens, self.vocab_size).to(self.layers.weight_hh_l0.dtype)
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None,
                 loss_weights: torch.Tensor | None = None):
@@ -93,14 +113,18 @@ class RecurrentLM(nn.Module):
                 return locked_dropout(h, cfg.dropout_hidden, True)
         raw, state = self.layers(inputs, state, weight_drop=cfg.weight_drop if training else 0.0, between=between)
         hidden = locked_dropout(raw, cfg.dropout_output, training)
-        logits = self.output(hidden)
-        loss = None
+        logits, loss = None, None
+        if targets is None or self.head is not None:
+            logits = self.output(hidden)
         if targets is not None:
-            flat_logits, flat_targets = logits.reshape(-1, self.vocab_size).float(), targets.reshape(-1)
+            if self.head is not None:
+                per_token = F.cross_entropy(logits.reshape(-1, self.vocab_size).float(), targets.reshape(-1),
+                                            reduction="none").view(targets.shape)
+            else:  # the adaptive head scores targets without building full logits
+                per_token = self.head_module.token_nll(self.head_input(hidden), targets)
             if loss_weights is None:
-                loss = F.cross_entropy(flat_logits, flat_targets)
+                loss = per_token.mean()
             else:
-                per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none").view(targets.shape)
                 loss = (per_token * loss_weights).sum() / (loss_weights.sum() * targets.shape[0])
             if training:  # AR and TAR shape the activations while training; evaluation reports pure CE
                 loss = loss + activation_penalty(hidden.float(), cfg.activation_regularization) \
@@ -109,12 +133,12 @@ class RecurrentLM(nn.Module):
 
     def prime(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Read a prompt (B, T) in one fused pass -> logits after its last token (B, V), state."""
-        logits, _, state = self(tokens.to(self.head.weight.device), state)
+        logits, _, state = self(tokens.to(self.layers.weight_hh_l0.device), state)
         return logits[:, -1], state
 
     def step(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """One time step for a batch of ids (B,) -> logits (B, V), new state."""
-        tokens = tokens.to(self.head.weight.device)
+        tokens = tokens.to(self.layers.weight_hh_l0.device)
         with _single_step_kernel(tokens.device):
             logits, _, state = self(tokens[:, None], state)
         return logits[:, 0], state

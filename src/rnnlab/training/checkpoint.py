@@ -50,8 +50,6 @@ class Checkpoint:
 
     def build_model(self, device: str | torch.device = "cpu") -> RecurrentLM:
         model = RecurrentLM(self.config.model, len(self.vocab), self.config.train.state == "learned")
-        if model.head.out_features != len(self.vocab):
-            raise CheckpointError(f"{self.path}: the output layer does not match the vocabulary")
         try:
             model.load_state_dict(self.model_state)
         except RuntimeError as exc:

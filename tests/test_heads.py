@@ -1,0 +1,75 @@
+"""Output heads: tied softmax, adaptive softmax, mixture of softmaxes — owned, trained and saved by the model."""
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from rnnlab.config import ModelConfig, SampleConfig
+from rnnlab.errors import ConfigError
+from rnnlab.models.lm import RecurrentLM
+from rnnlab.sampling import generate, make_stepper
+from rnnlab.training.checkpoint import load_checkpoint
+from rnnlab.training.loop import train
+
+
+def model_with(**settings):
+    torch.manual_seed(0)
+    base = dict(num_layers=2, hidden_size=16, embedding_size=8, dropout=0.0)
+    return RecurrentLM(ModelConfig(**{**base, **settings}), 40).eval()
+
+
+def test_tied_head_shares_storage_with_the_embedding():
+    model = model_with(tie_weights=True)
+    assert model.head.weight is model.embedding.weight
+    assert model.head.weight.data_ptr() == model.embedding.weight.data_ptr()
+    assert model.projection.in_features == 16 and model.projection.out_features == 8  # H -> E
+    untied = model_with()
+    assert model.num_parameters() < untied.num_parameters()
+    logits, _, _ = model(torch.randint(0, 40, (2, 5)))
+    assert logits.shape == (2, 5, 40)
+
+
+def test_tying_needs_an_embedding():
+    with pytest.raises(ConfigError, match="embedding-size > 0"):
+        ModelConfig(embedding_size=0, tie_weights=True).validate()
+
+
+@pytest.mark.parametrize("head, extra", [("adaptive", {"adaptive_cutoffs": "5,20"}), ("mos", {"mos_experts": 3})])
+def test_heads_give_distributions_and_their_loss_is_the_nll(head, extra):
+    model = model_with(head=head, **extra)
+    tokens, targets = torch.randint(0, 40, (3, 6)), torch.randint(0, 40, (3, 6))
+    log_probs, _, _ = model(tokens)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, 6))
+    _, loss, _ = model(tokens, targets=targets)
+    expected = -log_probs.gather(-1, targets[..., None]).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_adaptive_training_never_builds_full_logits():
+    model = model_with(head="adaptive")
+    model.train()
+    logits, loss, _ = model(torch.randint(0, 40, (2, 5)), targets=torch.randint(0, 40, (2, 5)))
+    assert logits is None and loss.requires_grad
+
+
+def test_bad_adaptive_cutoffs():
+    with pytest.raises(ConfigError, match="must increase and stay inside"):
+        model_with(head="adaptive", adaptive_cutoffs="30,10")
+    with pytest.raises(ConfigError, match="integers"):
+        ModelConfig(head="adaptive", adaptive_cutoffs="a,b").validate()
+
+
+@pytest.mark.parametrize("settings", [{"head": "adaptive"}, {"head": "mos", "mos_experts": 2}, {"tie_weights": True}])
+def test_every_head_trains_saves_and_samples(tmp_path, settings):
+    config = tiny_config(tmp_path, max_steps=4, eval_every=2)
+    for name, value in settings.items():
+        setattr(config.model, name, value)
+    result = train(config, progress_bar=False)
+    assert math.isfinite(result.val_loss)
+    model = load_checkpoint(result.best_checkpoint).build_model()
+    if settings.get("tie_weights"):
+        assert model.head.weight is model.embedding.weight
+    tokens = list(generate(make_stepper(model, SampleConfig()), [1, 2], SampleConfig(length=10)))
+    assert len(tokens) == 10
