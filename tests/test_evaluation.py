@@ -59,3 +59,17 @@ def test_burn_in_bootstraps_the_state_and_scores_the_rest(model):
     logits, _, _ = model(ids[:, :-1])
     scored = -torch.log_softmax(logits, -1)[0, 19:].gather(-1, ids[0, 20:, None]).sum().item()
     assert math.isclose(result.total_nats, scored, rel_tol=1e-5)
+
+
+def test_dynamic_evaluation_lowers_the_loss_on_repeated_text_and_restores_the_weights(trained_checkpoint):
+    from rnnlab.evaluation import dynamic_evaluate
+    from rnnlab.training.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(trained_checkpoint)
+    model = ckpt.build_model()
+    tokens = ckpt.vocab.encode("the quick brown fox jumps over the lazy dog. " * 30)  # rewards adapting
+    before = [p.detach().clone() for p in model.parameters()]
+    static = evaluate_tokens(model, tokens, batch_size=1, seq_length=45)
+    dynamic = dynamic_evaluate(model, tokens, seq_length=45, learning_rate=0.5, decay=0.0)
+    assert dynamic.tokens == static.tokens == len(tokens) - 1
+    assert dynamic.nats_per_token < static.nats_per_token - 0.3, (dynamic.nats_per_token, static.nats_per_token)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="parallel streams (default: 64)")
     p.add_argument("--seq-length", type=int, default=0, help="steps per chunk (default: the training seq_length)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="dynamic evaluation: adapt the weights to the text as it is read (one stream)")
+    p.add_argument("--dynamic-lr", type=float, default=1e-4, metavar="X", help="its learning rate (default: 1e-4)")
+    p.add_argument("--dynamic-decay", type=float, default=2e-5, metavar="Y",
+                   help="its pull back toward the trained weights per step (default: 2e-5)")
     p.add_argument("--burn-in", type=int, default=0, metavar="N",
                    help="read the file as one stream; its first N characters only bootstrap the state and every later "
                         "one is scored (the paper's protocol, N = k2); default 0: score all in parallel streams")
@@ -305,12 +310,14 @@ def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: st
 # --- eval ----------------------------------------------------------------------------------------
 
 def cmd_eval(args) -> int:
-    from rnnlab.evaluation import evaluate_tokens
+    from rnnlab.evaluation import dynamic_evaluate, evaluate_tokens
     from rnnlab.training.checkpoint import load_checkpoint
     from rnnlab.training.loop import select_device
 
     if args.batch_size <= 0 or args.seq_length < 0 or args.burn_in < 0:
         raise ConfigError("--batch-size must be > 0, --seq-length and --burn-in >= 0")
+    if args.dynamic and (args.dynamic_lr <= 0 or not 0 <= args.dynamic_decay < 1 or args.burn_in):
+        raise ConfigError("--dynamic needs --dynamic-lr > 0 and --dynamic-decay in [0, 1), without --burn-in")
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
     device = select_device(args.device)
     model = ckpt.build_model(device)
@@ -323,7 +330,11 @@ def cmd_eval(args) -> int:
             raise CorpusError(f"{text_path}: {exc}") from None
         if len(tokens) < 2:
             raise CorpusError(f"{text_path} needs at least two characters to score")
-        result = evaluate_tokens(model, tokens, args.batch_size, seq_length, device, burn_in=args.burn_in)
+        if args.dynamic:
+            result = dynamic_evaluate(model, tokens, args.seq_length or 50, args.dynamic_lr, args.dynamic_decay,
+                                      device)
+        else:
+            result = evaluate_tokens(model, tokens, args.batch_size, seq_length, device, burn_in=args.burn_in)
         del tokens
     report = result.as_dict("char")
     if args.json:

@@ -102,3 +102,41 @@ def _score(model, window: np.ndarray, state, device) -> tuple[float, tuple]:
     ids = torch.from_numpy(np.asarray(window, dtype=np.int64)).to(device)
     _, loss, state = model(ids[:, :-1], state, ids[:, 1:])
     return float(loss) * ids[:, 1:].numel(), state
+
+
+def dynamic_evaluate(model, tokens: np.ndarray, seq_length: int = 50, learning_rate: float = 1e-4,
+                     decay: float = 2e-5, device: torch.device | str = "cpu") -> EvalResult:
+    """Dynamic evaluation (Krause et al.): read the text as one stream; score each segment of
+    `seq_length` tokens first, then take one gradient step on it, pulling the weights back toward
+    the trained ones by `decay`: theta <- theta - lr * grad + decay * (theta_0 - theta).
+    The model adapts to the text as it reads it; its weights are restored afterwards.
+    """
+    n = len(tokens)
+    if n < 2:
+        raise CorpusError("evaluation needs at least two characters")
+    was_training = model.training
+    model.eval()  # no dropout: the adaptation is to the text, not to noise
+    params = [p for p in model.parameters() if p.requires_grad]
+    original = [p.detach().clone() for p in params]
+    total, state = 0.0, None
+    try:
+        for begin in range(0, n - 1, seq_length):
+            window = tokens[begin:min(begin + seq_length, n - 1) + 1][None, :]
+            ids = torch.from_numpy(np.asarray(window, dtype=np.int64)).to(device)
+            _, loss, state = model(ids[:, :-1], state, ids[:, 1:])
+            total += float(loss.detach()) * ids[:, 1:].numel()
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                for p, p0 in zip(params, original, strict=True):
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-learning_rate)
+                    p.add_(p0 - p, alpha=decay)
+            state = tuple(s.detach() for s in state)
+        return EvalResult(total, n - 1)
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(params, original, strict=True):
+                p.copy_(p0)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)

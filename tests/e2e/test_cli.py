@@ -45,6 +45,10 @@ def test_eval_json_keys_and_values(tmp_path, capsys, trained_checkpoint):
     assert abs(report["bits_per_char"] - report["nats_per_char"] / 0.6931471805599453) < 1e-9
     code, out, _ = run(capsys, "eval", trained_checkpoint, text)
     assert "bits per character" in out and "perplexity" in out
+    code, out, _ = run(capsys, "eval", trained_checkpoint, text, "--dynamic", "--dynamic-lr", "0.1", "--json")
+    assert code == 0 and json.loads(out)["characters"] == report["characters"]
+    code, _, err = run(capsys, "eval", trained_checkpoint, text, "--dynamic", "--dynamic-lr", "0")
+    assert code == 1 and "--dynamic needs" in err
 
 
 def test_sample_is_reproducible_and_supports_every_option(capsys, trained_checkpoint):
