@@ -101,7 +101,7 @@ def test_round_trip_through_dict():
 
 @pytest.mark.parametrize("text, message", [
     ("[model]\ncell = 'transformer'\n", "cell must be one of lstm, gru, rnn"),
-    ("[train]\noptimizer = 'adagrad'\n", "optimizer must be one of"),
+    ("[train]\noptimizer = 'lbfgs'\n", "optimizer must be one of"),
     ("[train]\nschedule = 'linear'\n", "schedule must be one of"),
     ("[train]\nprecision = 'fp8'\n", "precision must be one of"),
     ("[train]\ndevice = 'tpu'\n", "device must be one of"),

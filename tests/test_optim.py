@@ -27,7 +27,9 @@ def test_warmup_is_linear():
 
 
 @pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
-                                       ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)])
+                                       ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD),
+                                       ("amsgrad", torch.optim.Adam), ("adagrad", torch.optim.Adagrad),
+                                       ("adadelta", torch.optim.Adadelta), ("nt-asgd", torch.optim.SGD)])
 def test_optimizers(name, cls):
     param = torch.nn.Parameter(torch.ones(3))
     optimizer = build_optimizer([param], TrainConfig(optimizer=name, learning_rate=0.1), torch.device("cpu"))
@@ -35,3 +37,38 @@ def test_optimizers(name, cls):
     param.sum().backward()
     optimizer.step()
     assert (param < 1).all()
+
+
+def test_amsgrad_is_adam_with_amsgrad():
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = build_optimizer([param], TrainConfig(optimizer="amsgrad"), torch.device("cpu"))
+    assert optimizer.param_groups[0]["amsgrad"] is True
+
+
+def test_cyclic_and_plateau_schedules():
+    cyclic = TrainConfig(schedule="cyclic", learning_rate=1.0, min_lr_frac=0.0, cycle_steps=4)
+    assert [learning_rate_at(cyclic, s, 0, 0) for s in range(5)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+    plateau = TrainConfig(schedule="plateau", learning_rate=2.0)
+    assert learning_rate_at(plateau, 10, 0, 0, plateau_factor=0.25) == 0.5
+    assert learning_rate_at(TrainConfig(schedule="none", learning_rate=3.0), 99, 5, 0.7) == 3.0
+
+
+def test_nt_asgd_trigger_is_non_monotone():
+    from rnnlab.training.optim import nt_asgd_triggered
+    assert not nt_asgd_triggered([3.0, 2.9, 2.8], interval=2)  # still improving
+    assert not nt_asgd_triggered([3.0, 2.5, 2.6], interval=2)  # worse than the last, not than the best before
+    assert nt_asgd_triggered([3.0, 2.5, 2.6, 2.7], interval=2)  # worse than the best before the last 2
+
+
+def test_weight_average_is_the_mean_of_the_iterates():
+    from rnnlab.training.optim import WeightAverage
+    param = torch.nn.Parameter(torch.zeros(3))
+    average = WeightAverage([param])
+    for value in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            param.fill_(value)
+        average.update()
+    torch.testing.assert_close(average.average[0], torch.full((3,), 3.0))
+    with average.swapped_in():
+        assert torch.equal(param, torch.full((3,), 3.0))
+    assert torch.equal(param, torch.full((3,), 6.0))

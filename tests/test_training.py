@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config
 
 from rnnlab.data.corpus import prepare_corpus
@@ -138,3 +139,25 @@ def test_training_with_awd_regularizers(tmp_path):
     result = train(config, progress_bar=False)
     assert math.isfinite(result.val_loss)
     assert load_checkpoint(result.last_checkpoint).config.model.weight_drop == 0.3
+
+
+def test_nt_asgd_switches_to_averaging_evaluates_with_it_and_resumes_exactly(tmp_path, monkeypatch):
+    import rnnlab.training.loop as loop
+    monkeypatch.setattr(loop, "nt_asgd_triggered", lambda losses, interval: len(losses) >= 2)  # at validation 2
+    kwargs = dict(max_steps=24, eval_every=4, log_every=1, optimizer="nt-asgd", learning_rate=0.5,
+                  schedule="none")
+    straight = train(tiny_config(tmp_path / "a", **kwargs), progress_bar=False)
+    ckpt = load_checkpoint(straight.last_checkpoint)
+    assert ckpt.trainer["averaging"]["count"] == 24 - 8  # averaging every step after validation 2 (step 8)
+    raw = ckpt.prefixed("raw.")
+    saved = list(ckpt.model_state.values())
+    assert len(raw) == len(saved) and any(not torch.equal(a, b) for a, b in zip(raw, saved, strict=True))
+    model = ckpt.build_model()  # the saved weights are the averaged ones: they give the logged val loss
+    from rnnlab.data.corpus import prepare_corpus
+    from rnnlab.evaluation import evaluate_tokens
+    val = prepare_corpus(None).splits(0.05, 0.05).val
+    assert math.isclose(evaluate_tokens(model, val, 16, 32).nats_per_token, ckpt.metrics["val_loss"], rel_tol=1e-6)
+    train(tiny_config(tmp_path / "b", **kwargs), stop=StopAfter(14), progress_bar=False)
+    train(load_checkpoint(tmp_path / "b", prefer="last").config, resume=tmp_path / "b", progress_bar=False)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert all(a[key] == b[key] for key in a if key[1] > 14)

@@ -155,12 +155,20 @@ class TrainConfig:
                             "random sequence length around k2", choices=("streams", "equidistant", "random",
                                                                          "variable"))
     learning_rate: float = setting(3e-3, "peak learning rate")
-    optimizer: str = setting("adam", "optimizer", choices=("adam", "adamw", "rmsprop", "sgd"))
+    optimizer: str = setting("adam", "optimizer; nt-asgd is AWD-LSTM's SGD that starts averaging the weights once "
+                             "validation stops improving (non-monotonically triggered)",
+                             choices=("adam", "adamw", "amsgrad", "rmsprop", "sgd", "adagrad", "adadelta",
+                                      "nt-asgd"))
+    nt_asgd_interval: int = setting(5, "nt-asgd: average once val loss is worse than the best of all but the last N "
+                                       "validations")
     weight_decay: float = setting(0.0, "L2 penalty (decoupled for adamw)")
     momentum: float = setting(0.9, "momentum of sgd (Nesterov)")
     schedule: str = setting(
-        "cosine", "learning-rate schedule", choices=("constant", "char-rnn", "cosine")
-    )
+        "cosine", "learning-rate schedule: none (constant), char-rnn (per-epoch decay), cosine, cyclic (triangular "
+        "between min_lr_frac and 1 of the peak every cycle_steps), plateau (times decay_rate after `patience` "
+        "validations without improvement)", choices=("none", "constant", "char-rnn", "cosine", "cyclic", "plateau"))
+    cycle_steps: int = setting(2000, "cyclic schedule: steps per up-and-down cycle")
+    patience: int = setting(2, "plateau schedule: validations without improvement before the rate decays")
     warmup_steps: int = setting(0, "linear warm-up steps at the start of the schedule")
     decay_after: int = setting(10, "char-rnn schedule: first epoch after which the rate decays")
     decay_rate: float = setting(0.97, "char-rnn schedule: factor applied once per epoch after decay_after")
@@ -189,7 +197,8 @@ class TrainConfig:
         _check_seed(self.seed)
         if self.precision == "fp16" and self.device == "cpu":
             raise ConfigError("precision fp16 is for CUDA; on CPU use bf16 (or auto)")
-        _positive(self, "batch_size", "seq_length", "k3", "eval_every", "eval_batch_size", "log_every", "keep_last")
+        _positive(self, "batch_size", "seq_length", "k3", "eval_every", "eval_batch_size", "log_every", "keep_last",
+                  "nt_asgd_interval", "cycle_steps", "patience")
         _non_negative(self, "k1", "reset_every")
         if self.k1 > self.seq_length:
             raise ConfigError(f"k1 ({self.k1}) must be <= k2 ({self.seq_length}), or some positions are never used")

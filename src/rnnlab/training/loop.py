@@ -36,7 +36,7 @@ from rnnlab.training.checkpoint import (
     save_checkpoint,
     update_pointer,
 )
-from rnnlab.training.optim import build_optimizer, learning_rate_at, set_learning_rate
+from rnnlab.training.optim import WeightAverage, build_optimizer, learning_rate_at, nt_asgd_triggered, set_learning_rate
 from rnnlab.training.schemes import SequencePlan, plan_sequence, position_weights, starts_with_reset
 
 log = logging.getLogger("rnnlab")
@@ -86,18 +86,24 @@ class _Progress:
     saved: list = field(default_factory=list)  # checkpoint file names, oldest first
     planned_steps: int = 0  # the schedule's horizon, fixed when the run starts
     recent_losses: list = field(default_factory=list)  # train losses since the last validation
+    val_losses: list = field(default_factory=list)  # every validation so far (NT-ASGD's trigger, plateau)
+    plateau_factor: float = 1.0
+    evals_without_improvement: int = 0
 
     def to_dict(self) -> dict:
         return {"step": self.step, "first_loss": self.first_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
                 "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "saved": self.saved,
-                "planned_steps": self.planned_steps, "recent_losses": self.recent_losses}
+                "planned_steps": self.planned_steps, "recent_losses": self.recent_losses,
+                "val_losses": self.val_losses, "plateau_factor": self.plateau_factor,
+                "evals_without_improvement": self.evals_without_improvement}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "_Progress":
         best = raw.get("best_val_loss")
         return cls(raw["step"], raw.get("first_loss"), math.inf if best is None else best,
                    raw.get("elapsed", 0.0), raw.get("tokens_seen", 0), list(raw.get("saved", [])),
-                   raw.get("planned_steps", 0), list(raw.get("recent_losses", [])))
+                   raw.get("planned_steps", 0), list(raw.get("recent_losses", [])), list(raw.get("val_losses", [])),
+                   raw.get("plateau_factor", 1.0), raw.get("evals_without_improvement", 0))
 
 
 def select_device(name: str) -> torch.device:
@@ -189,7 +195,7 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
                    "config": config.to_dict()})
         while not _finished(tc, prog, batcher, time.monotonic() - started, stop):
             progress = _progress_fraction(tc, prog.step, planned, time.monotonic() - started)
-            lr = learning_rate_at(tc, prog.step, batcher.epoch, progress)
+            lr = learning_rate_at(tc, prog.step, batcher.epoch, progress, prog.plateau_factor)
             batch = batcher.next_batch()
             set_learning_rate(optimizer, lr * batch.lr_scale)
             if tc.state != "carry" or batch.starts_epoch or starts_with_reset(batch.stream_position, tc):
@@ -251,6 +257,23 @@ class _Saver:
         self.folder, self.digest = folder, digest
         self.run_log = open(folder / "log.jsonl", "a", encoding="utf-8")
 
+    def _update_schedules(self, prog: _Progress, val_loss: float) -> None:
+        """After a validation: the plateau schedule's decay, and NT-ASGD's switch to averaging."""
+        tc = self.config.train
+        if prog.val_losses and val_loss >= min(prog.val_losses):
+            prog.evals_without_improvement += 1
+        else:
+            prog.evals_without_improvement = 0
+        if tc.schedule == "plateau" and prog.evals_without_improvement >= tc.patience:
+            prog.plateau_factor *= tc.decay_rate
+            prog.evals_without_improvement = 0
+            log.info("plateau: learning rate x%.3g", prog.plateau_factor)
+        prog.val_losses.append(val_loss)
+        if tc.optimizer == "nt-asgd" and self.step.averager is None \
+                and nt_asgd_triggered(prog.val_losses, tc.nt_asgd_interval):
+            self.step.averager = WeightAverage(self.model.parameters())
+            log.info("NT-ASGD: validation stopped improving at step %d; averaging the weights from now on", prog.step)
+
     def log(self, record: dict) -> None:
         self.run_log.write(json.dumps(record) + "\n")
         self.run_log.flush()
@@ -259,9 +282,17 @@ class _Saver:
         self.run_log.close()
 
     def validate_and_save(self, prog: _Progress, carried) -> Path:
+        averager = self.step.averager
+        if averager is None:
+            return self._validate_and_save(prog, carried, {})
+        with averager.swapped_in() as raw:  # NT-ASGD evaluates and saves the averaged weights
+            return self._validate_and_save(prog, carried, {f"raw.{i}": t for i, t in enumerate(raw)})
+
+    def _validate_and_save(self, prog: _Progress, carried, raw_tensors: dict) -> Path:
         tc = self.config.train
         result = evaluate_tokens(self.model, self.val_tokens, tc.eval_batch_size, tc.seq_length, self.device)
         val_loss = result.nats_per_token
+        self._update_schedules(prog, val_loss)
         improved = val_loss < prog.best_val_loss
         prog.best_val_loss = min(prog.best_val_loss, val_loss)
         epoch = self.batcher.epoch_progress
@@ -277,8 +308,11 @@ class _Saver:
             prog.saved.append(file.name)
         extra = {f"carry.{i}": s for i, s in enumerate(carried or ())}
         extra.update(_rng_tensors())
+        extra.update(raw_tensors)
+        averager = self.step.averager
         trainer = {"progress": prog.to_dict(), "batcher": self.batcher.state_dict(), "has_carry": carried is not None,
-                   "grad_scaler": self.step.scaler.state_dict()}
+                   "grad_scaler": self.step.scaler.state_dict(),
+                   "averaging": {"count": averager.count} if averager is not None else None}
         metrics = {"val_loss": val_loss, "val_bits_per_char": result.bits_per_token,
                    "best_val_loss": prog.best_val_loss, "step": prog.step, "epoch": epoch,
                    "corpus": self.config.data.path or "tinyshakespeare (embedded)", "corpus_digest": self.digest}
@@ -303,6 +337,7 @@ class TrainingStep:
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.averager: WeightAverage | None = None  # NT-ASGD's average, once triggered
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, state, plan: SequencePlan | None = None,
                  weights: torch.Tensor | None = None):
@@ -319,6 +354,8 @@ class TrainingStep:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.averager is not None:
+            self.averager.update()
         return loss.detach(), tuple(s.detach().float() for s in carried)
 
     def _segmented(self, inputs, targets, state, plan: SequencePlan, weights):
@@ -391,6 +428,13 @@ def _restore(ckpt: Checkpoint, model, step: TrainingStep, batcher: StreamBatcher
     step.optimizer.load_state_dict(state)
     if ckpt.trainer.get("grad_scaler"):
         step.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
+    if ckpt.trainer.get("averaging"):  # model.* holds the average; the raw weights go back into the model
+        params = list(model.parameters())
+        average = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, raw in zip(params, ckpt.prefixed("raw."), strict=True):
+                p.copy_(raw)
+        step.averager = WeightAverage(params, ckpt.trainer["averaging"]["count"], average)
     batcher.load_state_dict(ckpt.trainer["batcher"])
     torch.set_rng_state(ckpt.prefixed("rng.cpu.")[0])
     cuda_states = ckpt.prefixed("rng.cuda.")
