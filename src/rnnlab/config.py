@@ -57,7 +57,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    cell: str = setting("lstm", "recurrent cell", choices=("lstm", "gru", "rnn"))
+    cell: str = setting("lstm", "recurrent cell (qrnn: quasi-recurrent, gates from a convolution, parallel pooling)",
+                        choices=("lstm", "gru", "rnn", "qrnn"))
+    qrnn_window: int = setting(2, "QRNN convolution width: 1 (x_t) or 2 (x_t and x_(t-1))", choices=(1, 2))
+    qrnn_pooling: str = setting("fo", "QRNN pooling", choices=("f", "fo", "ifo"))
     num_layers: int = setting(2, "number of stacked recurrent layers")
     hidden_size: int = setting(512, "units per recurrent layer")
     embedding_size: int = setting(128, "input embedding width; 0 feeds one-hot vectors as char-rnn does")

@@ -121,6 +121,7 @@ def make_stepper(model, config: SampleConfig):
     """The fastest exact stepper for where the model lives: the NumPy engine on CPU, else the model."""
     device = next(model.parameters()).device
     plain_output = model.head is not None and model.projection is None  # what the engine re-expresses
+    plain_output = plain_output and model.config.cell != "qrnn"
     if config.fast and device.type == "cpu" and plain_output:
         from rnnlab.models.cpu_engine import CpuStepEngine
         return CpuStepEngine(model)

@@ -15,6 +15,7 @@ from torch import nn
 from rnnlab.config import ModelConfig
 from rnnlab.models.cells import RecurrentStack, State
 from rnnlab.models.heads import AdaptiveHead, MixtureOfSoftmaxes
+from rnnlab.models.qrnn import QRNNStack
 from rnnlab.models.regularizers import (
     activation_penalty,
     embedding_dropout,
@@ -32,7 +33,12 @@ class RecurrentLM(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, config.embedding_size) if config.embedding_size else None
         input_size = config.embedding_size or vocab_size
-        self.layers = RecurrentStack(config.cell, input_size, config.hidden_size, config.num_layers, config.dropout)
+        if config.cell == "qrnn":
+            self.layers = QRNNStack(input_size, config.hidden_size, config.num_layers, config.dropout,
+                                    config.qrnn_window, config.qrnn_pooling)
+        else:
+            self.layers = RecurrentStack(config.cell, input_size, config.hidden_size, config.num_layers,
+                                         config.dropout)
         self.output_dropout = nn.Dropout(config.dropout)
         # The paper's architecture puts a dense leaky-ReLU layer between the LSTM and the output.
         self.dense = nn.Linear(config.hidden_size, config.dense_size) if config.architecture == "paper" else None
@@ -86,15 +92,19 @@ class RecurrentLM(nn.Module):
         """The state every sequence starts from: zeros, or the learned h0/c0 repeated for the batch."""
         if len(self.initial_state):
             return tuple(p.expand(-1, batch_size, -1).contiguous() for p in self.initial_state)
-        reference = self.layers.weight_hh_l0
+        reference = self._reference_parameter()
         return self.layers.init_state(batch_size, device if device is not None else reference.device, reference.dtype)
+
+    def _reference_parameter(self) -> torch.Tensor:
+        """Where and in what dtype the model lives."""
+        return next(self.layers.parameters())
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, E) embeddings (whole tokens dropped in training), or (B, T, V) one-hot."""
         if self.embedding is not None:
             weight = embedding_dropout(self.embedding.weight, self.config.dropout_embedding, self.training)
             return F.embedding(tokens, weight)
-        return F.one_hot(tokens, self.vocab_size).to(self.layers.weight_hh_l0.dtype)
+        return F.one_hot(tokens, self.vocab_size).to(self._reference_parameter().dtype)
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None,
                 loss_weights: torch.Tensor | None = None):
@@ -133,12 +143,12 @@ class RecurrentLM(nn.Module):
 
     def prime(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Read a prompt (B, T) in one fused pass -> logits after its last token (B, V), state."""
-        logits, _, state = self(tokens.to(self.layers.weight_hh_l0.device), state)
+        logits, _, state = self(tokens.to(self._reference_parameter().device), state)
         return logits[:, -1], state
 
     def step(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """One time step for a batch of ids (B,) -> logits (B, V), new state."""
-        tokens = tokens.to(self.layers.weight_hh_l0.device)
+        tokens = tokens.to(self._reference_parameter().device)
         with _single_step_kernel(tokens.device):
             logits, _, state = self(tokens[:, None], state)
         return logits[:, 0], state

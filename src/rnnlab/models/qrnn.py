@@ -1,0 +1,118 @@
+"""QRNN (Bradbury et al.): gates for every time step from one masked convolution, then a fast pooling.
+
+Dimension legend: B = batch, T = time, I = input width, H = hidden units, L = layers.
+A layer computes Z = tanh, F (and O, I) = sigmoid of one linear map of [x_t, x_(t-1)] (window 2) or
+x_t (window 1) — a convolution that never looks ahead — for all T steps at once. The pooling is
+the only sequential part, c_t = f_t c_(t-1) + b_t, with b = (1 - f) z (f-/fo-pooling) or i z
+(ifo-pooling); output h = c (f) or o c (fo, ifo). It runs as a log-space parallel scan
+(cumulative sums and logcumsumexp, no Python loop over time); `reference_pool` is the plain loop
+the tests compare it with. The state carries c and, for window 2, each layer's last input.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlab.models.regularizers import drop_connect
+
+POOLING_GATES = {"f": 2, "fo": 3, "ifo": 4}
+NO_MASS = -1e30
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """c_t = a_t * c_(t-1) + b_t for t = 1..T, with a in (0, 1): (B, T, H) each, c0 (B, H) -> c (B, T, H).
+
+    Closed form c_t = A_t (c0 + sum_(s<=t) b_s / A_s), A_t = prod_(r<=t) a_r, evaluated in log space
+    (Heinsen's scan); positive and negative terms are summed apart because logs need positive values.
+    """
+    log_a = torch.cumsum(torch.log(a), dim=1)
+    log_a = F.pad(log_a, (0, 0, 1, 0))  # A_0 = 1 carries c0
+    values = torch.cat([c0[:, None], b], dim=1)
+    result = 0.0
+    for sign in (1.0, -1.0):
+        part = values * sign
+        positive = part > 0
+        # a huge negative stand-in for log(0): -inf would make logcumsumexp's gradient NaN
+        log_part = torch.where(positive, torch.log(part.clamp_min(1e-30)), torch.full_like(part, NO_MASS))
+        result = result + sign * torch.exp(log_a + torch.logcumsumexp(log_part - log_a, dim=1))
+    return result[:, 1:]
+
+
+def reference_pool(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """The same recurrence, one time step at a time (the parity reference)."""
+    c, outputs = c0, []
+    for t in range(a.shape[1]):
+        c = a[:, t] * c + b[:, t]
+        outputs.append(c)
+    return torch.stack(outputs, dim=1)
+
+
+class QRNNLayer(nn.Module):
+    def __init__(self, input_size: int, hidden_size: int, window: int, pooling: str):
+        super().__init__()
+        self.input_size, self.hidden_size, self.window, self.pooling = input_size, hidden_size, window, pooling
+        self.linear = nn.Linear(window * input_size, POOLING_GATES[pooling] * hidden_size)
+
+    def gates_input(self, x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, I) -> (B, T, window * I): x_t, and x_(t-1) for window 2 (the masked convolution's view)."""
+        if self.window == 1:
+            return x
+        shifted = torch.cat([previous[:, None], x[:, :-1]], dim=1)
+        return torch.cat([x, shifted], dim=-1)
+
+    def forward(self, x, c0, previous, weight_drop: float = 0.0, pool=linear_scan):
+        weight = drop_connect(self.linear.weight, weight_drop, self.training)
+        gates = F.linear(self.gates_input(x, previous), weight, self.linear.bias).chunk(POOLING_GATES[self.pooling], -1)
+        z, f = torch.tanh(gates[0]), torch.sigmoid(gates[1])
+        b = torch.sigmoid(gates[3]) * z if self.pooling == "ifo" else (1.0 - f) * z
+        c = pool(f, b, c0)
+        h = c if self.pooling == "f" else torch.sigmoid(gates[2]) * c
+        return h, c[:, -1], x[:, -1]
+
+
+class QRNNStack(nn.Module):
+    """Stacked QRNN layers with RecurrentStack's interface: init_state(B) and forward(x, state)."""
+
+    cell = "qrnn"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float, window: int,
+                 pooling: str):
+        super().__init__()
+        self.hidden_size, self.num_layers, self.dropout, self.window = hidden_size, num_layers, dropout, window
+        self.qrnn_layers = nn.ModuleList(
+            QRNNLayer(input_size if k == 0 else hidden_size, hidden_size, window, pooling) for k in range(num_layers))
+
+    def init_state(self, batch_size: int, device=None, dtype=None):
+        """(c (L, B, H),) for window 1; window 2 adds the last inputs: (1, B, I) and (L-1, B, H)."""
+        c = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
+        if self.window == 1:
+            return (c,)
+        first = torch.zeros(1, batch_size, self.qrnn_layers[0].input_size, device=device, dtype=dtype)
+        rest = torch.zeros(self.num_layers - 1, batch_size, self.hidden_size, device=device, dtype=dtype)
+        return c, first, rest
+
+    def forward(self, x, state=None, weight_drop: float = 0.0,
+                between: Callable[[torch.Tensor], torch.Tensor] | None = None, pool=linear_scan):
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        cs, lasts = [], []
+        for k, layer in enumerate(self.qrnn_layers):
+            previous = None
+            if self.window == 2:
+                previous = state[1][0] if k == 0 else state[2][k - 1]
+            x, c, last = layer(x, state[0][k], previous, weight_drop, pool)
+            cs.append(c)
+            lasts.append(last)
+            if k + 1 < self.num_layers:
+                x = F.dropout(x, self.dropout, self.training)
+                if between is not None:
+                    x = between(x)
+        new_c = torch.stack(cs)
+        if self.window == 1:
+            return x, (new_c,)
+        rest = torch.stack(lasts[1:]) if self.num_layers > 1 else state[2]
+        return x, (new_c, lasts[0][None], rest)
