@@ -39,8 +39,8 @@ def test_the_runtime_needs_no_torch(tmp_path, trained_checkpoint):
     assert len(out.rstrip("\n")) >= 20
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_gru_and_rnn_export_too(tmp_path, cell):
+@pytest.mark.parametrize("cell", ["gru", "rnn", "qrnn"])
+def test_other_cells_export_too(tmp_path, cell):
     from rnnlab.config import RunConfig
     from rnnlab.data.vocab import CharVocab
     from rnnlab.models.lm import RecurrentLM

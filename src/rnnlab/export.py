@@ -10,6 +10,7 @@ has one. `rnnlab.onnx_runtime` runs both with onnxruntime and NumPy only.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -20,21 +21,30 @@ from rnnlab.training.checkpoint import atomic_write, load_checkpoint
 
 
 class _StepGraph(torch.nn.Module):
-    """tokens (B,), h -> logits, h' (GRU and RNN); the exporter wants named, fixed inputs."""
+    """tokens (B,), one state tensor -> logits, new state (GRU, RNN, QRNN with window 1)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, h):
-        logits, (h,) = self.model.step(tokens, (h,))
-        return logits, h
+    def forward(self, tokens, s0):
+        logits, state = self.model.step(tokens, (s0,))
+        return (logits, *state)
 
 
-class _LstmStepGraph(_StepGraph):
-    def forward(self, tokens, h, c):
-        logits, (h, c) = self.model.step(tokens, (h, c))
-        return logits, h, c
+class _StepGraph2(_StepGraph):  # LSTM: h, c
+    def forward(self, tokens, s0, s1):
+        logits, state = self.model.step(tokens, (s0, s1))
+        return (logits, *state)
+
+
+class _StepGraph3(_StepGraph):  # QRNN with window 2: c, and the layers' last inputs
+    def forward(self, tokens, s0, s1, s2):
+        logits, state = self.model.step(tokens, (s0, s1, s2))
+        return (logits, *state)
+
+
+STATE_NAMES = {"lstm": ["h", "c"], "gru": ["h"], "rnn": ["h"]}
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
@@ -44,20 +54,25 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
         raise RnnlabError("ONNX export needs onnx and onnxscript: pip install 'rnnlab[onnx]'") from None
     ckpt = load_checkpoint(checkpoint, weights_only=True)
     model = ckpt.build_model("cpu")
-    names = ["h", "c"] if ckpt.config.model.cell == "lstm" else ["h"]
     state = tuple(s.detach().clone() for s in model.init_state(2))
+    names = STATE_NAMES.get(ckpt.config.model.cell) or ["c", "x_first", "x_rest"][:len(state)]
     batch = torch.export.Dim("batch", min=1, max=65536)
     out = Path(out).with_suffix(".onnx")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            (_LstmStepGraph if len(names) == 2 else _StepGraph)(model), (torch.zeros(2, dtype=torch.long), *state),
-            dynamo=True, verbose=False,
-            input_names=["tokens", *names], output_names=["logits", *[f"{n}_out" for n in names]],
-            dynamic_shapes=({0: batch}, *({1: batch} for _ in names)))
+    graph = {1: _StepGraph, 2: _StepGraph2, 3: _StepGraph3}[len(state)](model)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notices
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph, (torch.zeros(2, dtype=torch.long), *state), dynamo=True, verbose=False,
+                input_names=["tokens", *names], output_names=["logits", *[f"{n}_out" for n in names]],
+                dynamic_shapes=({0: batch}, *({1: batch} for _ in names)))
+    except Exception as exc:  # the exporter's errors are long; the user gets one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RnnlabError(f"ONNX export of this {ckpt.config.model.cell} model failed: {first}") from None
     atomic_write(out, lambda tmp: program.save(tmp))
     meta = {"format": 1, "vocab": ckpt.vocab.to_dict(), "state_names": names,
-            "state_shape": [ckpt.config.model.num_layers, ckpt.config.model.hidden_size],
+            "state_shapes": [[s.shape[0], s.shape[2]] for s in state],
             "initial_state": [p.detach()[:, 0].tolist() for p in model.initial_state] or None,
             "source": str(ckpt.path)}
     meta_path = out.with_suffix(".json")

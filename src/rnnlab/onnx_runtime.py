@@ -27,11 +27,10 @@ class OnnxModel:
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def init_state(self, batch_size: int) -> tuple[np.ndarray, ...]:
-        layers, hidden = self.meta["state_shape"]
         learned = self.meta.get("initial_state")
         if learned:
             return tuple(np.repeat(np.asarray(s, np.float32)[:, None, :], batch_size, axis=1) for s in learned)
-        return tuple(np.zeros((layers, batch_size, hidden), np.float32) for _ in self.meta["state_names"])
+        return tuple(np.zeros((first, batch_size, last), np.float32) for first, last in self.meta["state_shapes"])
 
     def step(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]):
         feeds = {"tokens": np.asarray(tokens, np.int64), **dict(zip(self.meta["state_names"], state, strict=True))}
