@@ -92,7 +92,8 @@ class ModelConfig:
     def validate(self) -> None:
         _check_choices(self)
         _positive(self, "num_layers", "hidden_size")
-        for name in ("dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop"):
+        for name in ("dropout", "dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output",
+                     "weight_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         _non_negative(self, "activation_regularization", "temporal_activation_regularization")
@@ -101,8 +102,6 @@ class ModelConfig:
         _positive(self, "mos_experts", "dense_size")
         if self.embedding_size < 0:
             raise ConfigError(f"embedding_size must be >= 0 (0 = one-hot), got {self.embedding_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.architecture == "paper" and (self.cell != "lstm" or self.embedding_size):
             raise ConfigError("the paper architecture is an LSTM on one-hot input: drop --cell/--embedding-size")
         if self.tie_weights and not self.embedding_size:
