@@ -41,8 +41,26 @@ def test_units_and_both_perplexity_conventions():
     assert math.isclose(result.bits_per_token, 2.0)
     assert math.isclose(result.perplexity, 4.0)  # e^(nats) == 2^(bits)
     assert math.isclose(result.perplexity_base2, 2 ** (2 * math.log(2)))  # the blog's 2^(nats)
-    report = result.as_dict("char")
-    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "perplexity_base2", "characters"}
+    report = result.as_dict()
+    assert {"nats_per_char", "bits_per_char", "perplexity", "perplexity_base2", "characters"} <= set(report)
+    assert report["characters"] == 10  # a char-level result: one character per token
+
+
+def test_bits_per_character_of_word_level_text():
+    # 10 tokens covering 50 characters at 2 bits each: 20 bits over 50 characters
+    result = EvalResult(total_nats=2 * math.log(2) * 10, tokens=10, characters=50)
+    assert math.isclose(result.bits_per_token, 2.0) and math.isclose(result.perplexity, 4.0)
+    assert math.isclose(result.bits_per_char, 0.4)
+    assert result.as_dict()["characters"] == 50
+
+
+def test_scored_characters_skip_the_unpredicted_first_tokens(model):
+    tokens = np.arange(60) % 7
+    lengths = np.arange(60) % 3 + 1  # 1, 2, 3, 1, 2, 3, ...
+    result = evaluate_tokens(model, tokens, batch_size=3, seq_length=8, char_lengths=lengths)
+    assert result.characters == int(lengths[1:].sum())
+    burned = evaluate_tokens(model, tokens, batch_size=1, seq_length=8, burn_in=10, char_lengths=lengths)
+    assert burned.characters == int(lengths[10:].sum()) and burned.tokens == 50
 
 
 def test_evaluation_restores_training_mode(model):

@@ -21,7 +21,7 @@ def loaded(trained_checkpoint):
 
 @pytest.fixture
 def client(loaded):
-    config = ServeConfig(max_prompt_chars=50, max_length=100, max_n=3, max_streams=4, max_score_chars=80)
+    config = ServeConfig(max_prompt_chars=50, max_length=5000, max_n=3, max_streams=4, max_score_chars=80)
     with TestClient(create_app(loaded, config)) as test_client:
         yield test_client
 
@@ -69,7 +69,7 @@ def test_score_gives_bits_per_character(client):
     ("/v1/complete", {"temperature": 0}, 422, "temperature"),
     ("/v1/complete", {"top_p": 1.5}, 422, "top_p"),
     ("/v1/complete", {"length": 0}, 422, "length"),
-    ("/v1/complete", {"length": 101}, 422, "over the limit of 100"),
+    ("/v1/complete", {"length": 5001}, 422, "over the limit of 5000"),
     ("/v1/complete", {"n": 4}, 422, "over the limit of 3"),
     ("/v1/complete", {"prompt": "x" * 51}, 413, "limit is 50"),
     ("/v1/complete", {"seed": -1}, 422, "seed"),
@@ -84,11 +84,11 @@ def test_every_bad_request_gets_a_json_4xx(client, path, body, status, message):
 
 
 def test_too_many_streams_get_503_and_a_client_that_leaves_frees_its_work(client):
-    with client.stream("POST", "/v1/complete", json={"n": 3, "length": 100, "stream": True}) as response:
+    with client.stream("POST", "/v1/complete", json={"n": 3, "length": 5000, "stream": True}) as response:
         next(response.iter_lines())  # the three streams are running
         busy = client.post("/v1/complete", json={"n": 3, "length": 5})
         assert busy.status_code == 503 and "limit 4" in busy.json()["error"]
-    # the streaming client went away before its 300 characters: its slots come back
+    # the streaming client went away before its 15,000 characters: its slots come back
     for _ in range(100):
         if client.app.state.capacity.used == 0:
             break

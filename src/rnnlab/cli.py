@@ -31,7 +31,7 @@ from rnnlab.config import (
     merge,
     overrides_from_args,
 )
-from rnnlab.data.corpus import encode_file_to_memmap, prepare_corpus, read_text_chunks, resolve_text_path
+from rnnlab.data.corpus import encode_file_to_memmap, prepare_from_config, read_text_chunks, resolve_text_path
 from rnnlab.data.vocab import describe_chars
 from rnnlab.errors import ConfigError, CorpusError, RnnlabError
 
@@ -233,7 +233,7 @@ def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
     model = ckpt.build_model("cpu")
     config = SampleConfig(length=length, seed=seed)
     print("sample:")
-    _stream_sample(model, ckpt.vocab, _default_prime(ckpt.vocab), config, echo_prime="")
+    _stream_sample(model, ckpt.vocab, ckpt.vocab.line_start(), config, echo_prime="")
 
 
 # --- sample --------------------------------------------------------------------------------------
@@ -252,17 +252,19 @@ def cmd_sample(args) -> int:
     vocab = ckpt.vocab
     model = ckpt.build_model(select_device(args.device))
     prime_text = _read_prime(config)
-    unknown = vocab.unknown_characters(prime_text)
+    unknown = vocab.unknown_pieces(prime_text)
+    what = "characters" if vocab.kind == "char" else "words"
     if unknown and config.unknown == "error":
-        raise RnnlabError(f"the prime text has characters the model's vocabulary lacks: {describe_chars(unknown)} "
+        raise RnnlabError(f"the prime text has {what} the model's vocabulary lacks: {describe_chars(unknown)} "
                           f"(use --unknown skip to drop them)")
     if unknown:
-        log.warning("dropping prime characters not in the vocabulary: %s", describe_chars(unknown))
+        log.warning("dropping prime %s not in the vocabulary: %s", what, describe_chars(unknown))
         prime_text = vocab.drop_unknown(prime_text)
-    prime_ids = vocab.encode(prime_text).tolist() if prime_text else _default_prime(vocab)
+    prime_ids = vocab.encode(prime_text).tolist() if prime_text else vocab.line_start()
     if config.beam_width:
         ids = beam_search(make_stepper(model, config), prime_ids, config.length, config.beam_width)
-        sys.stdout.write(prime_text + vocab.decode(ids) + "\n")
+        detokenizer = vocab.detokenizer(after=prime_text)
+        sys.stdout.write(prime_text + "".join(detokenizer.push(i) for i in ids) + "\n")
         return 0
     _stream_sample(model, vocab, prime_ids, config, echo_prime=prime_text)
     return 0
@@ -277,11 +279,6 @@ def _read_prime(config: SampleConfig) -> str:
     return "".join(read_text_chunks(path))
 
 
-def _default_prime(vocab) -> list[int]:
-    """With no prime text, start as if after a line break (the most natural place for text to begin)."""
-    return vocab.encode("\n").tolist() if "\n" in vocab else []
-
-
 def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: str) -> None:
     from rnnlab.sampling import generate, make_stepper
 
@@ -290,10 +287,11 @@ def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: st
     if config.num_samples == 1:
         out.write(echo_prime)
         interactive = out.isatty()
+        detokenizer = vocab.detokenizer(after=echo_prime)
         for token in generate(stepper, prime_ids, config):
-            ch = vocab.chars[int(token[0])]
-            out.write(ch)
-            if interactive or ch == "\n":
+            piece = detokenizer.push(int(token[0]))
+            out.write(piece)
+            if interactive or "\n" in piece:
                 out.flush()
         out.write("\n")
         out.flush()
@@ -303,7 +301,9 @@ def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: st
         for column, token in zip(columns, tokens.tolist(), strict=True):
             column.append(token)
     for i, column in enumerate(columns):
-        out.write(f"--- sample {i + 1} ---\n{echo_prime}{vocab.decode(column)}\n")
+        detokenizer = vocab.detokenizer(after=echo_prime)
+        text = "".join(detokenizer.push(token) for token in column)
+        out.write(f"--- sample {i + 1} ---\n{echo_prime}{text}\n")
     out.flush()
 
 
@@ -325,27 +325,41 @@ def cmd_eval(args) -> int:
     seq_length = args.seq_length or ckpt.config.train.seq_length
     with tempfile.TemporaryDirectory(prefix="rnnlab-eval-") as scratch:
         try:
-            tokens = encode_file_to_memmap(text_path, ckpt.vocab, Path(scratch) / "tokens.bin")
+            encoded = encode_file_to_memmap(text_path, ckpt.vocab, Path(scratch))
         except RnnlabError as exc:
             raise CorpusError(f"{text_path}: {exc}") from None
+        tokens, lengths = encoded.tokens, encoded.char_lengths
         if len(tokens) < 2:
-            raise CorpusError(f"{text_path} needs at least two characters to score")
+            raise CorpusError(f"{text_path} needs at least two tokens to score")
         if args.dynamic:
             result = dynamic_evaluate(model, tokens, args.seq_length or 50, args.dynamic_lr, args.dynamic_decay,
-                                      device)
+                                      device, char_lengths=lengths)
         else:
-            result = evaluate_tokens(model, tokens, args.batch_size, seq_length, device, burn_in=args.burn_in)
-        del tokens
-    report = result.as_dict("char")
+            result = evaluate_tokens(model, tokens, args.batch_size, seq_length, device, burn_in=args.burn_in,
+                                     char_lengths=lengths)
+        del tokens, lengths, encoded
+    report = {**result.as_dict(), "tokenizer": ckpt.vocab.kind}
     if args.json:
         print(json.dumps(report))
     else:
-        burn = f" (after a burn-in of {args.burn_in})" if args.burn_in else ""
-        print(f"file: {text_path}\ncharacters scored: {result.tokens:,}{burn}\n"
-              f"nats per character: {result.nats_per_token:.4f}\nbits per character: {result.bits_per_token:.4f}\n"
-              f"perplexity (e^H, H in nats): {result.perplexity:.4f}\n"
-              f"perplexity (2^H, H in nats, the blog's convention): {result.perplexity_base2:.4f}")
+        print(format_report(text_path, result, ckpt.vocab.kind, args.burn_in))
     return 0
+
+
+def format_report(text_path, result, tokenizer: str, burn_in: int = 0) -> str:
+    burn = f" (after a burn-in of {burn_in})" if burn_in else ""
+    lines = [f"file: {text_path}"]
+    if tokenizer == "char":
+        lines.append(f"characters scored: {result.tokens:,}{burn}")
+    else:
+        lines += [f"tokens scored: {result.tokens:,} ({tokenizer}){burn}, covering {result.scored_characters:,} "
+                  f"characters", f"nats per token: {result.nats_per_token:.4f}",
+                  f"bits per token: {result.bits_per_token:.4f}"]
+    unit = "character" if tokenizer == "char" else "token"
+    lines += [f"nats per character: {result.nats_per_char:.4f}", f"bits per character: {result.bits_per_char:.4f}",
+              f"perplexity per {unit} (e^H, H in nats): {result.perplexity:.4f}",
+              f"perplexity per {unit} (2^H, H in nats, the blog's convention): {result.perplexity_base2:.4f}"]
+    return "\n".join(lines)
 
 
 # --- experiment ----------------------------------------------------------------------------------
@@ -450,12 +464,16 @@ def cmd_export(args) -> int:
 def cmd_prepare(args) -> int:
     overrides = overrides_from_args(args).get("data", {})
     data = build_section(DataConfig, {**overrides, "path": args.data})
-    corpus = prepare_corpus(data.path, data.cache_dir)
+    corpus = prepare_from_config(data)
     splits = corpus.splits(data.val_frac, data.test_frac)
     meta = corpus.meta
-    print(f"source: {meta['source']}\ncharacters: {meta['tokens']:,}\nvocabulary: {meta['vocab_size']} "
-          f"characters ({meta['dtype']} ids)\nsplits: train {len(splits.train):,} / val {len(splits.val):,} / "
-          f"test {len(splits.test):,}\ncache: {Path(corpus.tokens.filename).parent}")
+    kind = corpus.vocab.kind
+    unit = {"char": "characters", "word": "words", "bpe": "BPE tokens"}[kind]
+    sizes = f"train {len(splits.train):,} / val {len(splits.val):,} / test {len(splits.test):,}"
+    print(f"source: {meta['source']}\ncharacters: {meta.get('characters', meta['tokens']):,}\n"
+          f"tokens: {meta['tokens']:,} ({kind})\nvocabulary: {meta['vocab_size']:,} {unit} ({meta['dtype']} ids)\n"
+          f"splits: {sizes}{' (the files own split)' if meta.get('split_tokens') else ''}\n"
+          f"cache: {Path(corpus.tokens.filename).parent}")
     return 0
 
 

@@ -42,9 +42,32 @@ class DataConfig:
     cache_dir: str | None = setting(
         None, "where prepared token files go (default: .rnnlab_cache next to the input, else ~/.cache/rnnlab)"
     )
+    val_file: str | None = setting(None, "a separate validation file (then DATA is the training text and the "
+                                         "fractions are not used; a folder with train/valid/test files, like "
+                                         "ptb.train.txt, is found by itself)")
+    test_file: str | None = setting(None, "a separate test file (with --val-file)")
+    tokenizer: str = setting("char", "char: Unicode characters; word: whitespace-separated words with <eos> at line "
+                             "ends and <unk> for rare words (PTB/WikiText conventions); bpe: byte-level BPE "
+                             "trained on the training text (Hugging Face tokenizers)", choices=("char", "word", "bpe"))
+    vocab_size: int = setting(0, "word: keep at most this many ids, the most frequent words (0 = all); bpe: the "
+                                 "vocabulary to learn (0 = 4096); char: not used")
+    min_count: int = setting(1, "word: words seen fewer times become <unk>; bpe: merges seen fewer times are not "
+                                "learned")
 
     def validate(self) -> None:
         _check_choices(self)
+        _non_negative(self, "vocab_size")
+        _positive(self, "min_count")
+        if self.tokenizer == "char" and (self.vocab_size or self.min_count != 1):
+            raise ConfigError("--vocab-size and --min-count apply to the word and bpe tokenizers, not to char")
+        if self.tokenizer == "word" and 0 < self.vocab_size < 3:
+            raise ConfigError(f"a word vocabulary needs room for <eos>, <unk> and a word; got vocab_size "
+                              f"{self.vocab_size}")
+        if self.tokenizer == "bpe" and 0 < self.vocab_size <= 256:
+            raise ConfigError(f"a byte-level BPE vocabulary holds the 256 bytes and more; got vocab_size "
+                              f"{self.vocab_size}")
+        if self.test_file and not self.val_file:
+            raise ConfigError("--test-file needs --val-file too")
         for name in ("val_frac", "test_frac"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

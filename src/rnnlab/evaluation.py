@@ -1,4 +1,5 @@
-"""Cross-entropy of a model on a token sequence: nats and bits per token, perplexity.
+"""Cross-entropy of a model on a token sequence: nats and bits per token, perplexity, and bits
+per character of the text the tokens came from (so char, word and BPE models compare on one scale).
 
 The sequence is cut into `batch_size` contiguous columns evaluated in parallel with the state
 carried from chunk to chunk (like validation during training), and the tokens that do not fill a
@@ -23,6 +24,7 @@ LN2 = math.log(2.0)
 class EvalResult:
     total_nats: float
     tokens: int  # number of predicted tokens
+    characters: int = 0  # characters of text those tokens cover (0: one per token, a char-level model)
 
     @property
     def nats_per_token(self) -> float:
@@ -33,37 +35,63 @@ class EvalResult:
         return self.nats_per_token / LN2
 
     @property
+    def scored_characters(self) -> int:
+        return self.characters or self.tokens
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.total_nats / self.scored_characters
+
+    @property
+    def bits_per_char(self) -> float:
+        """Bits per character of the original text: the one scale on which every tokenizer compares."""
+        return self.nats_per_char / LN2
+
+    @property
     def perplexity(self) -> float:
-        """e^H with H in nats (the same number as 2^H with H in bits)."""
-        return math.exp(self.nats_per_token)
+        """Per-token e^H with H in nats (the same number as 2^H with H in bits); inf past float range."""
+        return math.exp(min(self.nats_per_token, 700.0))
 
     @property
     def perplexity_base2(self) -> float:
         """2^H with H in nats: the blog's convention (a nats loss exponentiated with base 2)."""
-        return 2.0 ** self.nats_per_token
+        return 2.0 ** min(self.nats_per_token, 1000.0)
 
-    def as_dict(self, unit: str = "char") -> dict:
-        return {f"nats_per_{unit}": self.nats_per_token, f"bits_per_{unit}": self.bits_per_token,
+    def as_dict(self) -> dict:
+        return {"nats_per_char": self.nats_per_char, "bits_per_char": self.bits_per_char,
                 "perplexity": self.perplexity, "perplexity_base2": self.perplexity_base2,
-                f"{unit}acters" if unit == "char" else f"{unit}s": self.tokens}
+                "characters": self.scored_characters, "tokens": self.tokens,
+                "nats_per_token": self.nats_per_token, "bits_per_token": self.bits_per_token}
+
+
+def scored_characters(char_lengths: np.ndarray | None, first_scored: int) -> int:
+    """Characters covered by tokens[first_scored:] (0 when every token is one character)."""
+    if char_lengths is None:
+        return 0
+    return int(np.asarray(char_lengths[first_scored:], dtype=np.int64).sum())
 
 
 @torch.inference_mode()
 def evaluate_tokens(model, tokens: np.ndarray, batch_size: int = 64, seq_length: int = 256,
-                    device: torch.device | str = "cpu", burn_in: int = 0) -> EvalResult:
+                    device: torch.device | str = "cpu", burn_in: int = 0,
+                    char_lengths: np.ndarray | None = None) -> EvalResult:
     """Total cross-entropy of `model` predicting tokens[1:] from tokens[:-1].
+
+    `char_lengths` (characters of text per token, for word and BPE models) turns the total into
+    bits per character of the scored text as well.
 
     With `burn_in` N (the paper's protocol), the text is read as one stream: the first N tokens
     only bootstrap the state, and every later token is scored.
     """
     n = len(tokens)
     if n < 2 + burn_in:
-        raise CorpusError(f"evaluation needs at least {2 + burn_in} characters")
+        raise CorpusError(f"evaluation needs at least {2 + burn_in} tokens")
     was_training = model.training
     model.eval()
     try:
         if burn_in:
-            return _evaluate_after_burn_in(model, tokens, seq_length, device, burn_in)
+            total = _evaluate_after_burn_in(model, tokens, seq_length, device, burn_in)
+            return EvalResult(total, n - burn_in, scored_characters(char_lengths, burn_in))
         columns = max(1, min(batch_size, (n - 1) // seq_length))
         column_length = (n - 1) // columns
         starts = np.arange(columns, dtype=np.int64)[:, None] * column_length
@@ -80,12 +108,12 @@ def evaluate_tokens(model, tokens: np.ndarray, batch_size: int = 64, seq_length:
                 window = tokens[begin:min(begin + seq_length, n - 1) + 1][None, :]
                 nats, last_column_state = _score(model, window, last_column_state, device)
                 total += nats
-        return EvalResult(total, n - 1)
+        return EvalResult(total, n - 1, scored_characters(char_lengths, 1))
     finally:
         model.train(was_training)
 
 
-def _evaluate_after_burn_in(model, tokens, seq_length: int, device, burn_in: int) -> EvalResult:
+def _evaluate_after_burn_in(model, tokens, seq_length: int, device, burn_in: int) -> float:
     state = None
     if burn_in > 1:  # the last burn-in token is fed by the first scored window
         ids = torch.from_numpy(np.asarray(tokens[:burn_in - 1], dtype=np.int64))[None].to(device)
@@ -95,7 +123,7 @@ def _evaluate_after_burn_in(model, tokens, seq_length: int, device, burn_in: int
         window = tokens[begin:min(begin + seq_length, len(tokens) - 1) + 1][None, :]
         nats, state = _score(model, window, state, device)
         total += nats
-    return EvalResult(total, len(tokens) - burn_in)
+    return total
 
 
 def _score(model, window: np.ndarray, state, device) -> tuple[float, tuple]:
@@ -105,7 +133,8 @@ def _score(model, window: np.ndarray, state, device) -> tuple[float, tuple]:
 
 
 def dynamic_evaluate(model, tokens: np.ndarray, seq_length: int = 50, learning_rate: float = 1e-4,
-                     decay: float = 2e-5, device: torch.device | str = "cpu") -> EvalResult:
+                     decay: float = 2e-5, device: torch.device | str = "cpu",
+                     char_lengths: np.ndarray | None = None) -> EvalResult:
     """Dynamic evaluation (Krause et al.): read the text as one stream; score each segment of
     `seq_length` tokens first, then take one gradient step on it, pulling the weights back toward
     the trained ones by `decay`: theta <- theta - lr * grad + decay * (theta_0 - theta).
@@ -113,7 +142,7 @@ def dynamic_evaluate(model, tokens: np.ndarray, seq_length: int = 50, learning_r
     """
     n = len(tokens)
     if n < 2:
-        raise CorpusError("evaluation needs at least two characters")
+        raise CorpusError("evaluation needs at least two tokens")
     was_training = model.training
     model.eval()  # no dropout: the adaptation is to the text, not to noise
     params = [p for p in model.parameters() if p.requires_grad]
@@ -133,7 +162,7 @@ def dynamic_evaluate(model, tokens: np.ndarray, seq_length: int = 50, learning_r
                         p.add_(p.grad, alpha=-learning_rate)
                     p.add_(p0 - p, alpha=decay)
             state = tuple(s.detach() for s in state)
-        return EvalResult(total, n - 1)
+        return EvalResult(total, n - 1, scored_characters(char_lengths, 1))
     finally:
         with torch.no_grad():
             for p, p0 in zip(params, original, strict=True):

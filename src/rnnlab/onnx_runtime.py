@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnlab.data.vocab import vocab_from_dict  # NumPy only (BPE vocabularies also need `tokenizers`)
+
 
 class OnnxModel:
     def __init__(self, path: str | Path):
@@ -22,8 +24,7 @@ class OnnxModel:
 
         path = Path(path)
         self.meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        self.chars: list[str] = self.meta["vocab"]["chars"]
-        self.index = {ch: i for i, ch in enumerate(self.chars)}
+        self.vocab = vocab_from_dict(self.meta["vocab"])
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def init_state(self, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -38,19 +39,21 @@ class OnnxModel:
         return logits, tuple(new_state)
 
     def complete(self, prompt: str, length: int = 200, temperature: float = 1.0, seed: int = 0) -> str:
-        """Continue `prompt` (characters the model does not know are dropped)."""
+        """Continue `prompt` for `length` tokens (characters or words the model does not know are dropped)."""
         rng = np.random.default_rng(seed)
-        ids = [self.index[ch] for ch in prompt if ch in self.index] or ([self.index["\n"]] if "\n" in self.index
-                                                                          else [])
+        prompt = self.vocab.drop_unknown(prompt)
+        ids = self.vocab.encode(prompt).tolist() if prompt else self.vocab.line_start()
         state = self.init_state(1)
-        logits = np.zeros((1, len(self.chars)), np.float32)
+        size = len(self.vocab)
+        logits = np.zeros((1, size), np.float32)
         for token in ids:
             logits, state = self.step(np.array([token]), state)
         out = []
         for _ in range(length):
-            noise = np.maximum(rng.exponential(size=len(self.chars)), 1e-30)
+            noise = np.maximum(rng.exponential(size=size), 1e-30)
             scores = logits[0].astype(np.float64) / temperature - np.log(noise)
             token = int(np.argmax(scores))
-            out.append(self.chars[token])
+            out.append(token)
             logits, state = self.step(np.array([token]), state)
-        return "".join(out)
+        detokenizer = self.vocab.detokenizer(after=prompt)
+        return "".join(detokenizer.push(token) for token in out)

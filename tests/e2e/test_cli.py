@@ -40,8 +40,9 @@ def test_eval_json_keys_and_values(tmp_path, capsys, trained_checkpoint):
     code, out, _ = run(capsys, "eval", trained_checkpoint, text, "--json")
     assert code == 0
     report = json.loads(out)
-    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "perplexity_base2", "characters"}
-    assert report["characters"] == len(text.read_text()) - 1
+    assert {"nats_per_char", "bits_per_char", "perplexity", "perplexity_base2", "characters"} <= set(report)
+    assert report["characters"] == report["tokens"] == len(text.read_text()) - 1
+    assert report["tokenizer"] == "char" and report["bits_per_token"] == report["bits_per_char"]
     assert abs(report["bits_per_char"] - report["nats_per_char"] / 0.6931471805599453) < 1e-9
     code, out, _ = run(capsys, "eval", trained_checkpoint, text)
     assert "bits per character" in out and "perplexity" in out
@@ -100,7 +101,7 @@ def test_bad_training_text(tmp_path, capsys, content, message):
     (["--hidden-size", "0"], "hidden_size must be > 0"),
     (["--dropout", "1"], "dropout must be in [0, 1)"),
     (["--batch-size", "-3"], "batch_size must be > 0"),
-    (["--val-frac", "0"], "validation split has 0 characters"),
+    (["--val-frac", "0"], "validation split has 0 tokens"),
 ])
 def test_bad_training_settings(tmp_path, capsys, flags, message):
     code, _, err = run(capsys, "train", *TINY, *flags, "--checkpoint-dir", tmp_path, "--max-steps", 1)

@@ -1,10 +1,15 @@
-"""Turn a text file into a memory-mapped token file, once, and split it.
+"""Turn a text corpus into a memory-mapped token file, once, and split it.
 
-`prepare_corpus` streams the file in fixed-size chunks (so peak memory does not grow with the
-file), checks it is UTF-8 text, builds the character vocabulary, and writes
-`tokens.bin` (uint8/16/32 ids) + `vocab.json` + `meta.json` into a cache folder named after a
-hash of the file's bytes: a changed file gets prepared again, an unchanged one is reused.
+`prepare_corpus` streams the text in fixed-size chunks (so peak memory does not grow with the
+file), checks it is UTF-8 text, builds the vocabulary of the chosen tokenizer (char, word or BPE),
+and writes `tokens.bin` (uint8/16/32 ids, by vocabulary size) + `vocab.json` + `meta.json` into a
+cache folder named after a hash of the text and the tokenizer settings: a changed file gets
+prepared again, an unchanged one is reused. Word and BPE corpora also get `lengths.bin`, the
+characters of text each token covers, so losses can be reported in bits per character.
 The cache folder is written under a temporary name and renamed, so it is never half-written.
+
+A corpus is one file split by fractions (train, then val, then test at the end), or separate
+train/valid/test files (PTB, WikiText), whose own split is kept.
 """
 
 from __future__ import annotations
@@ -13,21 +18,38 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from rnnlab.data.vocab import CharVocab, code_points, token_dtype, vocab_from_dict
-from rnnlab.errors import CorpusError
+from rnnlab.data.vocab import (
+    DEFAULT_BPE_SIZE,
+    BpeVocab,
+    CharVocab,
+    TokenizerSpec,
+    Vocab,
+    WordVocab,
+    code_points,
+    count_words,
+    token_dtype,
+    vocab_from_dict,
+)
+from rnnlab.errors import CorpusError, RnnlabError
 
-PREPARED_FORMAT = 1
+PREPARED_FORMAT = 2
 READ_BYTES = 1 << 20  # 1 MiB per chunk bounds the memory used while preparing
 EMBEDDED_CORPUS = "tinyshakespeare"
+SPLIT_NAMES = ("train", "val", "test")
+# file names that mark a folder's train/valid/test files, as PTB (ptb.train.txt) and WikiText ship them
+_ROLE_PATTERNS = {"train": re.compile(r"(^|[._-])train([._-]|$)"),
+                  "val": re.compile(r"(^|[._-])(valid|val|validation|dev)([._-]|$)"),
+                  "test": re.compile(r"(^|[._-])test([._-]|$)")}
 
 
 @dataclass
@@ -35,20 +57,55 @@ class Splits:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    # characters of text each token covers, per split (None: one character per token)
+    char_lengths: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    def lengths(self, name: str) -> np.ndarray | None:
+        return None if self.char_lengths is None else self.char_lengths[name]
+
+
+@dataclass
+class CorpusFiles:
+    """The text of a corpus: one file, or separate train/valid/test files."""
+
+    train: Path
+    val: Path | None = None
+    test: Path | None = None
+
+    @property
+    def separate(self) -> bool:
+        return self.val is not None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.train, self.val, self.test) if p is not None]
 
 
 @dataclass
 class PreparedCorpus:
     tokens: np.ndarray  # a read-only memmap of ids
-    vocab: CharVocab
+    vocab: Vocab
     meta: dict
+    char_lengths: np.ndarray | None = None  # a memmap: characters each token covers (word/BPE)
 
     def splits(self, val_frac: float, test_frac: float) -> Splits:
-        """Contiguous splits: train is the start, then val, then test at the very end."""
+        """Separate files keep their own split; one file is cut contiguously: train, then val, then test."""
         n = len(self.tokens)
-        n_val, n_test = int(n * val_frac), int(n * test_frac)
-        n_train = n - n_val - n_test
-        return Splits(self.tokens[:n_train], self.tokens[n_train:n_train + n_val], self.tokens[n_train + n_val:])
+        if self.meta.get("split_tokens"):
+            n_train, n_val, _ = self.meta["split_tokens"]
+        else:
+            n_val, n_test = int(n * val_frac), int(n * test_frac)
+            n_train = n - n_val - n_test
+        bounds = (0, n_train, n_train + n_val, n)
+
+        def cut(array):
+            return {name: array[bounds[i]:bounds[i + 1]] for i, name in enumerate(SPLIT_NAMES)}
+
+        lengths = cut(self.char_lengths) if self.char_lengths is not None else None
+        return Splits(**cut(self.tokens), char_lengths=lengths)
+
+    @property
+    def tokenizer(self) -> str:
+        return self.vocab.kind
 
 
 def embedded_corpus_path() -> Path:
@@ -65,11 +122,39 @@ def resolve_text_path(path: str | os.PathLike | None) -> Path:
         if not candidate.is_file():
             raise CorpusError(f"folder {resolved} holds no input.txt")
         return candidate
-    if not resolved.exists():
-        raise CorpusError(f"file not found: {resolved}")
-    if not resolved.is_file():
-        raise CorpusError(f"not a regular file: {resolved}")
-    return resolved
+    return _existing_file(resolved)
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.exists():
+        raise CorpusError(f"file not found: {path}")
+    if not path.is_file():
+        raise CorpusError(f"not a regular file: {path}")
+    return path
+
+
+def resolve_corpus_files(path: str | os.PathLike | None, val_path: str | os.PathLike | None = None,
+                         test_path: str | os.PathLike | None = None) -> CorpusFiles:
+    """The files of a corpus: DATA (a file, a folder with input.txt, or a folder with train/valid/test
+    files such as ptb.train.txt, ptb.valid.txt, ptb.test.txt), or DATA plus explicit val/test files."""
+    if test_path is not None and val_path is None:
+        raise CorpusError("a separate test file needs a separate validation file too (--val-file)")
+    if val_path is not None:
+        return CorpusFiles(resolve_text_path(path), _existing_file(Path(val_path).expanduser()),
+                           _existing_file(Path(test_path).expanduser()) if test_path else None)
+    folder = Path(path).expanduser() if path is not None else None
+    if folder is None or not folder.is_dir() or (folder / "input.txt").is_file():
+        return CorpusFiles(resolve_text_path(path))
+    roles = {role: sorted(f for f in folder.iterdir() if f.is_file() and pattern.search(f.name))
+             for role, pattern in _ROLE_PATTERNS.items()}
+    if not roles["train"]:
+        raise CorpusError(f"folder {folder} holds no input.txt and no train file (like ptb.train.txt)")
+    for role, found in roles.items():
+        if len(found) > 1:
+            raise CorpusError(f"folder {folder} holds several {role} files: {', '.join(f.name for f in found)}")
+    if not roles["val"]:
+        raise CorpusError(f"folder {folder} holds a train file but no valid file (like ptb.valid.txt)")
+    return CorpusFiles(roles["train"][0], roles["val"][0], roles["test"][0] if roles["test"] else None)
 
 
 def read_text_chunks(path: Path, read_bytes: int = READ_BYTES) -> Iterator[str]:
@@ -100,12 +185,38 @@ def read_text_chunks(path: Path, read_bytes: int = READ_BYTES) -> Iterator[str]:
                 return
 
 
-def file_digest(path: Path) -> str:
+def read_line_chunks(path: Path, read_bytes: int = READ_BYTES) -> Iterator[str]:
+    """Like read_text_chunks, but every chunk but the last ends at a line break, so word and BPE
+    tokenizers never see a word cut in two. (A line longer than 16 chunks is cut at whitespace.)"""
+    carry = ""
+    for text in read_text_chunks(path, read_bytes):
+        text = carry + text
+        cut = text.rfind("\n") + 1
+        if not cut and len(text) > 16 * read_bytes:
+            cut = max((m.end() for m in re.finditer(r"\s+", text)), default=len(text))
+        carry, text = text[cut:], text[:cut]
+        if text:
+            yield text
+    if carry:
+        yield carry
+
+
+def corpus_digest(files: CorpusFiles, spec: TokenizerSpec) -> str:
+    """A hash of the text and of how it is tokenized (a single char-level file: of its bytes alone)."""
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(READ_BYTES), b""):
-            digest.update(block)
+    for number, path in enumerate(files.all()):
+        if number:
+            digest.update(b"\x00next-file\x00")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(READ_BYTES), b""):  # noqa: B023 - consumed at once
+                digest.update(block)
+    if files.separate or spec.kind != "char":
+        digest.update(f"\x00{'split' if files.separate else 'one'}\x00{spec.key()}".encode())
     return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return corpus_digest(CorpusFiles(path), TokenizerSpec())
 
 
 def default_cache_root(text_path: Path) -> Path:
@@ -116,45 +227,80 @@ def default_cache_root(text_path: Path) -> Path:
 
 
 def prepare_corpus(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                   read_bytes: int = READ_BYTES) -> PreparedCorpus:
-    """Prepare (or reuse) the token file of a text corpus and open it as a memmap."""
-    text_path = resolve_text_path(path)
-    if text_path.stat().st_size == 0:
-        raise CorpusError(f"{text_path} is empty")
-    root = Path(cache_dir) if cache_dir else default_cache_root(text_path)
-    digest = file_digest(text_path)
-    target = root / f"{text_path.stem}-{digest}"
+                   read_bytes: int = READ_BYTES, spec: TokenizerSpec | None = None,
+                   val_path: str | os.PathLike | None = None,
+                   test_path: str | os.PathLike | None = None, vocab: Vocab | None = None) -> PreparedCorpus:
+    """Prepare (or reuse) the token file of a text corpus and open it as a memmap.
+
+    With `vocab` (a model's own, to fine-tune it on new text), the text is encoded with that
+    vocabulary instead of one built from it."""
+    spec = spec or TokenizerSpec()
+    files = resolve_corpus_files(path, val_path, test_path)
+    for file in files.all():
+        if file.stat().st_size == 0:
+            raise CorpusError(f"{file} is empty")
+    root = Path(cache_dir) if cache_dir else default_cache_root(files.train)
+    digest = corpus_digest(files, spec)
+    if vocab is not None:
+        spec = TokenizerSpec(vocab.kind, len(vocab))
+        given = json.dumps(vocab.to_dict(), sort_keys=True).encode()
+        digest = hashlib.blake2b(digest.encode() + given, digest_size=16).hexdigest()
+    target = root / f"{files.train.stem}-{digest}"
     if (target / "meta.json").is_file():
         try:
             return open_prepared(target)
-        except (OSError, ValueError, KeyError):  # a damaged cache entry: prepare it again
+        except (OSError, ValueError, KeyError, RnnlabError):  # a damaged cache entry: prepare it again
             shutil.rmtree(target, ignore_errors=True)
-    _write_prepared(text_path, digest, target, read_bytes)
+    _write_prepared(files, spec, digest, target, read_bytes, vocab)
     return open_prepared(target)
+
+
+def prepare_from_config(data, vocab: Vocab | None = None) -> PreparedCorpus:
+    """prepare_corpus with the settings of a DataConfig (and, optionally, a model's vocabulary)."""
+    return prepare_corpus(data.path, data.cache_dir, spec=tokenizer_spec(data), val_path=data.val_file,
+                          test_path=data.test_file, vocab=vocab)
+
+
+def tokenizer_spec(data) -> TokenizerSpec:
+    vocab_size = data.vocab_size or (DEFAULT_BPE_SIZE if data.tokenizer == "bpe" else 0)
+    return TokenizerSpec(data.tokenizer, vocab_size, data.min_count)
 
 
 def open_prepared(folder: Path) -> PreparedCorpus:
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     vocab = vocab_from_dict(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
-    dtype = np.dtype(meta["dtype"])
-    if (folder / "tokens.bin").stat().st_size != meta["tokens"] * dtype.itemsize:
-        raise ValueError(f"{folder / 'tokens.bin'} has the wrong size")
-    tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(meta["tokens"],))
-    return PreparedCorpus(tokens, vocab, meta)
+    tokens = _open_array(folder / "tokens.bin", np.dtype(meta["dtype"]), meta["tokens"])
+    lengths = None
+    if (folder / "lengths.bin").is_file():
+        lengths = _open_array(folder / "lengths.bin", np.dtype(np.uint32), meta["tokens"])
+    return PreparedCorpus(tokens, vocab, meta, lengths)
 
 
-def _write_prepared(text_path: Path, digest: str, target: Path, read_bytes: int) -> None:
-    vocab, count = scan_vocabulary(text_path, read_bytes)
-    if count == 0:
-        raise CorpusError(f"{text_path} is empty")
+def _open_array(file: Path, dtype: np.dtype, count: int) -> np.ndarray:
+    if file.stat().st_size != count * dtype.itemsize:
+        raise ValueError(f"{file} has the wrong size")
+    return np.memmap(file, dtype=dtype, mode="r", shape=(count,))
+
+
+def _write_prepared(files: CorpusFiles, spec: TokenizerSpec, digest: str, target: Path, read_bytes: int,
+                    vocab: Vocab | None = None) -> None:
+    vocab = vocab or build_vocabulary(files, spec, read_bytes)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".preparing-", dir=target.parent))
     try:
         dtype = token_dtype(len(vocab))
-        _encode_to_file(staging / "tokens.bin", text_path, vocab, read_bytes)
+        lengths_file = staging / "lengths.bin" if vocab.kind != "char" else None
+        counts = _encode_files(files, vocab, staging / "tokens.bin", lengths_file, read_bytes)
+        if counts[0][0] == 0:
+            raise CorpusError(f"{files.train} holds no tokens")
         (staging / "vocab.json").write_text(json.dumps(vocab.to_dict(), ensure_ascii=False), encoding="utf-8")
-        meta = {"format": PREPARED_FORMAT, "source": str(text_path), "blake2b": digest,
-                "tokens": count, "dtype": dtype.name, "vocab_size": len(vocab)}
+        meta = {"format": PREPARED_FORMAT, "source": " + ".join(str(p) for p in files.all()), "blake2b": digest,
+                "tokens": sum(n for n, _ in counts), "characters": sum(c for _, c in counts),
+                "dtype": dtype.name, "vocab_size": len(vocab), "tokenizer": vocab.kind,
+                "vocab_cap": spec.vocab_size, "min_count": spec.min_count}
+        if files.separate:
+            meta["split_tokens"] = [n for n, _ in counts] + [0] * (3 - len(counts))
+            meta["split_characters"] = [c for _, c in counts] + [0] * (3 - len(counts))
         (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         try:
             os.rename(staging, target)
@@ -167,36 +313,76 @@ def _write_prepared(text_path: Path, digest: str, target: Path, read_bytes: int)
         raise
 
 
-def scan_vocabulary(text_path: Path, read_bytes: int = READ_BYTES) -> tuple[CharVocab, int]:
+def build_vocabulary(files: CorpusFiles, spec: TokenizerSpec, read_bytes: int = READ_BYTES) -> Vocab:
+    """The vocabulary of a corpus, in one streaming pass. Characters come from every file (a
+    character first seen in the test text would otherwise be unencodable); words and BPE merges
+    are learned from the training text only, and anything else they meet becomes <unk> or bytes."""
+    if spec.kind == "char":
+        return scan_vocabulary(files.all(), read_bytes)[0]
+    if spec.kind == "word":
+        counts = None
+        for text in read_line_chunks(files.train, read_bytes):
+            chunk = count_words(text)
+            counts = chunk if counts is None else counts + chunk
+        if not counts:
+            raise CorpusError(f"{files.train} holds no words")
+        return WordVocab.from_counts(counts, spec.vocab_size, spec.min_count)
+    if spec.kind == "bpe":
+        return BpeVocab.train(read_line_chunks(files.train, read_bytes), spec.vocab_size, spec.min_count)
+    raise CorpusError(f"unknown tokenizer {spec.kind!r}")
+
+
+def scan_vocabulary(paths: Path | list[Path], read_bytes: int = READ_BYTES) -> tuple[CharVocab, int]:
     """One streaming pass: the set of code points and the number of characters."""
     seen = np.zeros(0, dtype=np.uint32)
     count = 0
-    for text in read_text_chunks(text_path, read_bytes):
-        points = code_points(text)
-        seen = np.union1d(seen, np.unique(points))
-        count += len(points)
-    if count == 0:
-        raise CorpusError(f"{text_path} is empty")
+    for path in [paths] if isinstance(paths, Path) else paths:
+        for text in read_text_chunks(path, read_bytes):
+            points = code_points(text)
+            seen = np.union1d(seen, np.unique(points))
+            count += len(points)
+        if count == 0:
+            raise CorpusError(f"{path} is empty")
     return CharVocab.from_code_points(seen), count
 
 
-def encode_file_to_memmap(text_path: Path, vocab: CharVocab, destination: Path,
-                          read_bytes: int = READ_BYTES) -> np.ndarray:
-    """Encode any text file with an existing vocabulary into a memmap (used by evaluation)."""
-    count = _encode_to_file(destination, text_path, vocab, read_bytes)
+@dataclass
+class EncodedFile:
+    tokens: np.ndarray  # memmap of ids
+    char_lengths: np.ndarray | None  # memmap of characters per token (word/BPE)
+    characters: int  # characters of the whole text
+
+
+def encode_file_to_memmap(text_path: Path, vocab: Vocab, folder: Path, read_bytes: int = READ_BYTES) -> EncodedFile:
+    """Encode any text file with an existing vocabulary into memmaps in `folder` (used by evaluation)."""
+    lengths_file = folder / "lengths.bin" if vocab.kind != "char" else None
+    [(count, characters)] = _encode_files(CorpusFiles(text_path), vocab, folder / "tokens.bin", lengths_file,
+                                          read_bytes)
     if count == 0:
-        raise CorpusError(f"{text_path} is empty")
-    return np.memmap(destination, dtype=token_dtype(len(vocab)), mode="r", shape=(count,))
+        raise CorpusError(f"{text_path} holds no tokens")
+    tokens = np.memmap(folder / "tokens.bin", dtype=token_dtype(len(vocab)), mode="r", shape=(count,))
+    lengths = np.memmap(lengths_file, dtype=np.uint32, mode="r", shape=(count,)) if lengths_file else None
+    return EncodedFile(tokens, lengths, characters)
 
 
-def _encode_to_file(destination: Path, text_path: Path, vocab: CharVocab, read_bytes: int) -> int:
-    """Append the ids of every chunk to a file; returns the number of ids written."""
-    count = 0
-    with open(destination, "wb") as handle:
-        for text in read_text_chunks(text_path, read_bytes):
-            ids = vocab.encode(text)
-            handle.write(ids.tobytes())
-            count += len(ids)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return count
+def _encode_files(files: CorpusFiles, vocab: Vocab, destination: Path, lengths_file: Path | None,
+                  read_bytes: int) -> list[tuple[int, int]]:
+    """Append the ids (and, for word/BPE, the per-token character counts) of every file, chunk by
+    chunk; returns (tokens, characters) per file."""
+    counts = []
+    chunks = read_text_chunks if vocab.kind == "char" else read_line_chunks
+    with open(destination, "wb") as ids_out, open(lengths_file or os.devnull, "wb") as lengths_out:
+        for path in files.all():
+            tokens = characters = 0
+            for text in chunks(path, read_bytes):
+                ids, lengths = vocab.encode_with_lengths(text) if lengths_file else (vocab.encode(text), None)
+                ids_out.write(ids.tobytes())
+                if lengths is not None:
+                    lengths_out.write(lengths.tobytes())
+                tokens += len(ids)
+                characters += len(text)
+            counts.append((tokens, characters))
+        for handle in (ids_out, lengths_out) if lengths_file else (ids_out,):
+            handle.flush()
+            os.fsync(handle.fileno())
+    return counts

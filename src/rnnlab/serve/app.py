@@ -13,6 +13,7 @@ import json
 from importlib import resources
 from typing import AsyncIterator
 
+import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -86,7 +87,7 @@ def create_app(models: list[LoadedModel], config: ServeConfig) -> FastAPI:
         body.length = body.length or min(200, config.max_length)
         check_limits(body, config)
         prime_text = loaded.vocab.drop_unknown(body.prompt)
-        dropped = loaded.vocab.unknown_characters(body.prompt)
+        dropped = loaded.vocab.unknown_pieces(body.prompt)
         prime_ids = loaded.vocab.encode(prime_text).tolist() if prime_text else loaded.default_prime()
         seed = body.seed if body.seed is not None else int(torch.randint(0, 2 ** 62, (1,)))
         streams = [Stream(prime_ids, body.length, body.temperature, body.top_k, body.top_p,
@@ -96,8 +97,9 @@ def create_app(models: list[LoadedModel], config: ServeConfig) -> FastAPI:
         except Busy as exc:
             raise ApiError(503, str(exc)) from None
         if body.stream:
-            return StreamingResponse(events(loaded, streams, dropped, seed), media_type="text/event-stream")
-        texts = [await collect(loaded, stream) for stream in streams]
+            return StreamingResponse(events(loaded, streams, dropped, seed, prime_text),
+                                     media_type="text/event-stream")
+        texts = [await collect(loaded, stream, prime_text) for stream in streams]
         return {"model": loaded.name, "seed": seed, "dropped": dropped,
                 "completions": [{"index": i, "text": t} for i, t in enumerate(texts)]}
 
@@ -106,7 +108,9 @@ def create_app(models: list[LoadedModel], config: ServeConfig) -> FastAPI:
         loaded = pick(body.model)
         if len(body.text) > config.max_score_chars:
             raise ApiError(413, f"text has {len(body.text)} characters; the limit is {config.max_score_chars}")
-        unknown = loaded.vocab.unknown_characters(body.text)
+        if loaded.vocab.kind != "char":
+            return score_tokens(loaded, body.text)
+        unknown = loaded.vocab.unknown_pieces(body.text)
         known = [ch for ch in body.text if ch in loaded.vocab]
         bits = iter(surprise(loaded, loaded.vocab.encode("".join(known)).tolist()) if known else [])
         per_char = [{"char": ch, "bits": next(bits) if ch in loaded.vocab else None} for ch in body.text]
@@ -126,20 +130,36 @@ def check_limits(body: CompleteRequest, config: ServeConfig) -> None:
         raise ApiError(422, f"n {body.n} is over the limit of {config.max_n}")
 
 
-async def collect(loaded: LoadedModel, stream: Stream) -> str:
-    pieces = []
+def score_tokens(loaded: LoadedModel, text: str) -> dict:
+    """Word and BPE models: the bits of each token, shown over the span of text it covers (its
+    whitespace included), and bits per character of the whole text."""
+    ids, lengths = loaded.vocab.encode_with_lengths(text)
+    bits = surprise(loaded, ids.tolist()) if len(ids) else []
+    ends = np.cumsum(lengths)
+    spans = [{"char": text[end - length:end], "bits": b}
+             for end, length, b in zip(ends.tolist(), lengths.tolist(), bits, strict=True)]
+    return {"model": loaded.name, "bits_per_char": sum(bits) / len(text) if bits else None,
+            "characters": spans, "unknown": loaded.vocab.unknown_pieces(text)}
+
+
+async def collect(loaded: LoadedModel, stream: Stream, prime_text: str) -> str:
+    pieces, detokenizer = [], loaded.vocab.detokenizer(after=prime_text)
     while (token := await stream.queue.get()) is not None:
-        pieces.append(loaded.vocab.chars[token])
+        pieces.append(detokenizer.push(token))
     return "".join(pieces)
 
 
-async def events(loaded: LoadedModel, streams: list[Stream], dropped: list[str], seed: int) -> AsyncIterator[str]:
-    """Server-sent events: one per character ({"index", "text"}), then {"done": true}."""
+async def events(loaded: LoadedModel, streams: list[Stream], dropped: list[str], seed: int,
+                 prime_text: str) -> AsyncIterator[str]:
+    """Server-sent events: one per generated token ({"index", "text"}), then {"done": true}."""
     try:
         yield f"data: {json.dumps({'model': loaded.name, 'seed': seed, 'dropped': dropped})}\n\n"
         for index, stream in enumerate(streams):
+            detokenizer = loaded.vocab.detokenizer(after=prime_text)
             while (token := await stream.queue.get()) is not None:
-                yield f"data: {json.dumps({'index': index, 'text': loaded.vocab.chars[token]})}\n\n"
+                piece = detokenizer.push(token)
+                if piece:
+                    yield f"data: {json.dumps({'index': index, 'text': piece})}\n\n"
         yield f"data: {json.dumps({'done': True})}\n\n"
     finally:  # the client finished, or went away: free the work either way
         for stream in streams:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rnnlab.config import SampleConfig
-from rnnlab.data.vocab import CharVocab
+from rnnlab.data.vocab import Vocab
 from rnnlab.sampling import make_stepper, sample_next_token, start
 from rnnlab.training.checkpoint import load_checkpoint
 
@@ -29,7 +29,7 @@ class LoadedModel:
     name: str
     path: Path
     model: torch.nn.Module
-    vocab: CharVocab
+    vocab: Vocab
     stepper: object
     info: dict
 
@@ -39,14 +39,14 @@ class LoadedModel:
         model = ckpt.build_model("cpu")
         model.requires_grad_(False)
         info = {"name": name, "checkpoint": str(ckpt.path), "parameters": model.num_parameters(),
-                "vocab_size": len(ckpt.vocab), "cell": ckpt.config.model.cell,
+                "vocab_size": len(ckpt.vocab), "tokenizer": ckpt.vocab.kind, "cell": ckpt.config.model.cell,
                 "layers": ckpt.config.model.num_layers, "hidden_size": ckpt.config.model.hidden_size,
                 "corpus": ckpt.metrics.get("corpus", "unknown"),
                 "best_val_loss": ckpt.metrics.get("best_val_loss", ckpt.metrics.get("val_loss"))}
         return cls(name, ckpt.path, model, ckpt.vocab, make_stepper(model, SampleConfig()), info)
 
     def default_prime(self) -> list[int]:
-        return self.vocab.encode("\n").tolist() if "\n" in self.vocab else []
+        return self.vocab.line_start()
 
 
 @dataclass
@@ -170,7 +170,7 @@ class Capacity:
 
 
 def surprise(loaded: LoadedModel, ids: list[int]) -> list[float]:
-    """Bits each character of `ids` cost the model, reading from the default start (a line break)."""
+    """Bits each token of `ids` cost the model, reading from the default start (a line break)."""
     context = loaded.default_prime()
     tokens = torch.tensor([context + ids], dtype=torch.long)
     with torch.inference_mode():

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rnnlab.config import RunConfig
-from rnnlab.data.vocab import CharVocab, vocab_from_dict
+from rnnlab.data.vocab import Vocab, vocab_from_dict
 from rnnlab.errors import CheckpointError, RnnlabError
 from rnnlab.models.lm import RecurrentLM
 
@@ -41,7 +41,7 @@ MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 class Checkpoint:
     path: Path
     config: RunConfig
-    vocab: CharVocab
+    vocab: Vocab
     metrics: dict
     trainer: dict
     model_state: dict[str, torch.Tensor]
@@ -72,7 +72,7 @@ def checkpoint_name(cell: str, epoch: float, val_loss: float) -> str:
     return f"lm_{cell}_epoch{epoch:.2f}_{val_loss:.4f}{SUFFIX}"
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, config: RunConfig, vocab: CharVocab, *,
+def save_checkpoint(path: Path, model: torch.nn.Module, config: RunConfig, vocab: Vocab, *,
                     metrics: dict, trainer: dict | None = None, optimizer: torch.optim.Optimizer | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from rnnlab.config import RunConfig
 from rnnlab.data.batching import StreamBatcher, make_batcher
-from rnnlab.data.corpus import prepare_corpus
+from rnnlab.data.corpus import prepare_from_config
 from rnnlab.data.vocab import CharVocab, describe_chars
 from rnnlab.errors import CheckpointError, ConfigError, CorpusError, RnnlabError
 from rnnlab.evaluation import evaluate_tokens
@@ -142,22 +142,29 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
 
-    corpus = prepare_corpus(config.data.path, config.data.cache_dir)
+    source = load_checkpoint(init_from, weights_only=True) if init_from else None
+    model_vocab = source.vocab if source is not None else resumed.vocab if resumed is not None else None
+    if model_vocab is not None and model_vocab.kind != config.data.tokenizer:
+        raise ConfigError(f"the checkpoint's vocabulary is {model_vocab.kind}-level; train it with --tokenizer "
+                          f"{model_vocab.kind}")
+    # A word or BPE model reads new text with its own vocabulary (unknown words become <unk>);
+    # a char model's vocabulary must cover the new text's characters, mapped below.
+    reuse = model_vocab if model_vocab is not None and model_vocab.kind != "char" else None
+    corpus = prepare_from_config(config.data, reuse)
     digest = corpus.meta["blake2b"]
     vocab, id_map = corpus.vocab, None
-    if init_from:
-        source = load_checkpoint(init_from, weights_only=True)
+    if source is not None and reuse is None:
         vocab, id_map = source.vocab, _map_into_vocab(corpus.vocab, source.vocab, init_from)
     elif resumed is not None:
         vocab = resumed.vocab
         _check_same_corpus(resumed, digest)
-        if vocab.chars != corpus.vocab.chars:  # a fine-tuning run: the model keeps its larger vocabulary
+        if reuse is None and vocab.chars != corpus.vocab.chars:  # fine-tuning: the model keeps its vocabulary
             id_map = _map_into_vocab(corpus.vocab, vocab, resume)
 
     splits = corpus.splits(config.data.val_frac, config.data.test_frac)
     batcher = make_batcher(splits.train, tc, id_map)
     if len(splits.val) < 2:
-        raise CorpusError(f"the validation split has {len(splits.val)} characters; raise --val-frac "
+        raise CorpusError(f"the validation split has {len(splits.val)} tokens; raise --val-frac "
                           f"(now {config.data.val_frac})")
     val_tokens = id_map[np.asarray(splits.val)] if id_map is not None else splits.val
 
@@ -174,12 +181,12 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     folder.mkdir(parents=True, exist_ok=True)
     n_params = model.num_parameters()
     log.info("model: %s, %d layers x %d units, %s input, %s parameters; vocabulary %d; train %s / val %s / "
-             "test %s characters; device %s, %s", config.model.cell, config.model.num_layers,
+             "test %s tokens; device %s, %s", config.model.cell, config.model.num_layers,
              config.model.hidden_size,
              f"embedding {config.model.embedding_size}" if config.model.embedding_size else "one-hot",
              f"{n_params:,}", len(vocab), f"{len(splits.train):,}", f"{len(splits.val):,}",
              f"{len(splits.test):,}", device, step.precision)
-    saver = _Saver(config, model, vocab, step, batcher, val_tokens, device, folder, digest)
+    saver = _Saver(config, model, vocab, step, batcher, val_tokens, splits.lengths("val"), device, folder, digest)
     planned = prog.planned_steps or _planned_steps(tc, batcher)
     prog.planned_steps = planned  # frozen: a resumed run keeps the schedule even if its stop limit moves
     bar = tqdm(total=planned, initial=prog.step, disable=not progress_bar, unit="step", dynamic_ncols=True,
@@ -250,10 +257,10 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
 class _Saver:
     """Validation, checkpoint files, pointers and the run log of one training run."""
 
-    def __init__(self, config, model, vocab, step: TrainingStep, batcher, val_tokens, device, folder: Path,
-                 digest: str):
+    def __init__(self, config, model, vocab, step: TrainingStep, batcher, val_tokens, val_lengths, device,
+                 folder: Path, digest: str):
         self.config, self.model, self.vocab, self.step = config, model, vocab, step
-        self.batcher, self.val_tokens, self.device = batcher, val_tokens, device
+        self.batcher, self.val_tokens, self.val_lengths, self.device = batcher, val_tokens, val_lengths, device
         self.folder, self.digest = folder, digest
         self.run_log = open(folder / "log.jsonl", "a", encoding="utf-8")
 
@@ -290,7 +297,8 @@ class _Saver:
 
     def _validate_and_save(self, prog: _Progress, carried, raw_tensors: dict) -> Path:
         tc = self.config.train
-        result = evaluate_tokens(self.model, self.val_tokens, tc.eval_batch_size, tc.seq_length, self.device)
+        result = evaluate_tokens(self.model, self.val_tokens, tc.eval_batch_size, tc.seq_length, self.device,
+                                 char_lengths=self.val_lengths)
         val_loss = result.nats_per_token
         self._update_schedules(prog, val_loss)
         improved = val_loss < prog.best_val_loss
@@ -299,10 +307,12 @@ class _Saver:
         recent = prog.recent_losses
         train_part = f"train loss {sum(recent) / len(recent):.4f}, " if recent else ""
         prog.recent_losses = []
-        log.info("step %d epoch %.2f: %sval loss %.4f nats/char (%.4f bits/char)%s", prog.step, epoch, train_part,
-                 val_loss, result.bits_per_token, " (best)" if improved else "")
+        unit = "char" if self.vocab.kind == "char" else "token"
+        log.info("step %d epoch %.2f: %sval loss %.4f nats/%s (perplexity %.2f, %.4f bits/char)%s", prog.step, epoch,
+                 train_part, val_loss, unit, result.perplexity, result.bits_per_char, " (best)" if improved else "")
         self.log({"event": "val", "step": prog.step, "epoch": epoch, "val_loss": val_loss,
-                  "val_bits_per_char": result.bits_per_token, "elapsed": prog.elapsed})
+                  "val_perplexity": result.perplexity, "val_bits_per_char": result.bits_per_char,
+                  "elapsed": prog.elapsed})
         file = self.folder / checkpoint_name(self.config.model.cell, epoch, val_loss)
         if file.name not in prog.saved:
             prog.saved.append(file.name)
@@ -313,7 +323,8 @@ class _Saver:
         trainer = {"progress": prog.to_dict(), "batcher": self.batcher.state_dict(), "has_carry": carried is not None,
                    "grad_scaler": self.step.scaler.state_dict(),
                    "averaging": {"count": averager.count} if averager is not None else None}
-        metrics = {"val_loss": val_loss, "val_bits_per_char": result.bits_per_token,
+        metrics = {"val_loss": val_loss, "val_bits_per_char": result.bits_per_char,
+                   "val_perplexity": result.perplexity, "tokenizer": self.vocab.kind,
                    "best_val_loss": prog.best_val_loss, "step": prog.step, "epoch": epoch,
                    "corpus": self.config.data.path or "tinyshakespeare (embedded)", "corpus_digest": self.digest}
         save_checkpoint(file, self.model, self.config, self.vocab, optimizer=self.step.optimizer, trainer=trainer,
@@ -453,6 +464,7 @@ def _check_same_corpus(ckpt: Checkpoint, digest: str) -> None:
 
 
 def _map_into_vocab(corpus_vocab: CharVocab, model_vocab: CharVocab, init_from) -> np.ndarray:
+    # (char-level only: word and BPE corpora are encoded with the model's own vocabulary)
     """Ids of the new corpus -> ids of the initial model's vocabulary (which must cover them)."""
     missing = [ch for ch in corpus_vocab.chars if ch not in model_vocab]
     if missing:
