@@ -87,3 +87,23 @@ def server(trained_checkpoint):
     thread.join(timeout=10)
 
 
+
+
+def ptb_style(text: str) -> str:
+    """Text in the PTB word-level format: lowercase words separated by spaces, one sentence a line."""
+    lines = [" ".join(line.lower().replace(",", " ,").replace(".", " .").split()) for line in text.splitlines()]
+    return "".join(f" {line} \n" for line in lines if line)
+
+
+@pytest.fixture(scope="session")
+def ptb_folder(tmp_path_factory):
+    """A PTB-shaped folder (ptb.train.txt, ptb.valid.txt, ptb.test.txt) cut from the embedded corpus."""
+    from rnnlab.data.corpus import embedded_corpus_path
+
+    lines = ptb_style(embedded_corpus_path().read_text(encoding="utf-8")[:300_000]).splitlines(keepends=True)
+    folder = tmp_path_factory.mktemp("ptb")
+    n = len(lines)
+    for name, part in (("train", lines[:int(n * 0.8)]), ("valid", lines[int(n * 0.8):int(n * 0.9)]),
+                       ("test", lines[int(n * 0.9):])):
+        (folder / f"ptb.{name}.txt").write_text("".join(part), encoding="utf-8")
+    return folder

@@ -107,3 +107,88 @@ def test_prepare_does_not_import_torch(text_file, tmp_path):
             "sys.argv[2]]); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code, str(text_file("hello " * 50)), str(tmp_path / "c")], check=True,
                    capture_output=True)
+
+
+# --- word and BPE corpora, separate train/valid/test files ----------------------------------------
+
+from rnnlab.data.corpus import read_line_chunks, resolve_corpus_files  # noqa: E402
+from rnnlab.data.vocab import UNK, TokenizerSpec  # noqa: E402
+
+
+def test_word_corpus_has_uint16_ids_and_character_lengths(ptb_folder, tmp_path):
+    corpus = prepare_corpus(ptb_folder / "ptb.train.txt", cache_dir=tmp_path, spec=TokenizerSpec("word"))
+    text = (ptb_folder / "ptb.train.txt").read_text(encoding="utf-8")
+    assert corpus.vocab.kind == "word" and len(corpus.vocab) > 256 and corpus.tokens.dtype == np.uint16
+    assert corpus.meta["tokens"] == len(text.split()) + text.count("\n")  # one <eos> per line
+    assert int(corpus.char_lengths.sum()) == corpus.meta["characters"] == len(text)
+    first_lines = "".join(text.splitlines(keepends=True)[:3])
+    n = len(first_lines.split()) + 3
+    assert corpus.vocab.decode(corpus.tokens[:n]) == "\n".join(" ".join(line.split()) for line in
+                                                              first_lines.splitlines()) + "\n"
+
+
+def test_word_cap_gives_uint8_ids_and_unk(ptb_folder, tmp_path):
+    corpus = prepare_corpus(ptb_folder / "ptb.train.txt", cache_dir=tmp_path, spec=TokenizerSpec("word", 200, 1))
+    assert len(corpus.vocab) == 200 and corpus.tokens.dtype == np.uint8
+    assert (np.asarray(corpus.tokens) == corpus.vocab.tokens.index(UNK)).any()
+
+
+def test_separate_files_keep_their_split_and_vocabulary_comes_from_train(ptb_folder, tmp_path):
+    files = resolve_corpus_files(ptb_folder)
+    assert (files.train.name, files.val.name, files.test.name) == ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+    corpus = prepare_corpus(ptb_folder, cache_dir=tmp_path, spec=TokenizerSpec("word"))
+    splits = corpus.splits(0.3, 0.3)  # the fractions do not apply to separate files
+    for name, split in (("train", splits.train), ("valid", splits.val), ("test", splits.test)):
+        text = (ptb_folder / f"ptb.{name}.txt").read_text(encoding="utf-8")
+        assert len(split) == len(text.split()) + text.count("\n")
+        assert int(splits.lengths(name if name != "valid" else "val").sum()) == len(text)
+    train_words = set((ptb_folder / "ptb.train.txt").read_text(encoding="utf-8").split())
+    assert set(corpus.vocab.tokens) - {"<eos>", "<unk>"} <= train_words
+    explicit = prepare_corpus(ptb_folder / "ptb.train.txt", cache_dir=tmp_path, spec=TokenizerSpec("word"),
+                              val_path=ptb_folder / "ptb.valid.txt", test_path=ptb_folder / "ptb.test.txt")
+    assert explicit.meta["split_tokens"] == corpus.meta["split_tokens"]
+
+
+def test_char_vocabulary_of_separate_files_covers_all_of_them(tmp_path):
+    for name, text in (("train", "abc\n"), ("valid", "abz\n"), ("test", "aby\n")):
+        (tmp_path / f"x.{name}.txt").write_text(text * 10, encoding="utf-8")
+    corpus = prepare_corpus(tmp_path, cache_dir=tmp_path / "cache")
+    assert {"y", "z"} <= set(corpus.vocab.chars)
+    assert corpus.meta["split_tokens"] == [40, 40, 40]
+
+
+def test_tokenizer_settings_are_part_of_the_cache_key(ptb_folder, tmp_path):
+    path = ptb_folder / "ptb.valid.txt"
+    folders = {prepare_corpus(path, cache_dir=tmp_path, spec=spec).tokens.filename
+               for spec in (TokenizerSpec(), TokenizerSpec("word"), TokenizerSpec("word", 100, 1),
+                            TokenizerSpec("bpe", 300, 2))}
+    assert len(folders) == 4
+
+
+def test_line_chunks_end_at_line_breaks_and_encode_like_the_whole(ptb_folder, tmp_path):
+    path = ptb_folder / "ptb.valid.txt"
+    chunks = list(read_line_chunks(path, read_bytes=100))
+    assert "".join(chunks) == path.read_text(encoding="utf-8")
+    assert all(chunk.endswith("\n") for chunk in chunks[:-1])
+    whole = prepare_corpus(path, cache_dir=tmp_path / "a", spec=TokenizerSpec("bpe", 300, 2))
+    small = prepare_corpus(path, cache_dir=tmp_path / "b", spec=TokenizerSpec("bpe", 300, 2), read_bytes=100)
+    assert np.array_equal(whole.tokens, small.tokens)
+
+
+def test_bpe_corpus_decodes_back_to_the_text(ptb_folder, tmp_path):
+    path = ptb_folder / "ptb.valid.txt"
+    corpus = prepare_corpus(path, cache_dir=tmp_path, spec=TokenizerSpec("bpe", 500, 2))
+    text = path.read_text(encoding="utf-8")
+    assert corpus.vocab.decode(corpus.tokens) == text and len(corpus.tokens) < len(text) / 2
+    assert int(corpus.char_lengths.sum()) == len(text)
+
+
+def test_incomplete_split_folders_are_refused(tmp_path):
+    (tmp_path / "ptb.train.txt").write_text("a b\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="no valid file"):
+        prepare_corpus(tmp_path)
+    with pytest.raises(CorpusError, match="needs a separate validation file"):
+        prepare_corpus(tmp_path / "ptb.train.txt", test_path=tmp_path / "ptb.train.txt")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(CorpusError, match="no input.txt and no train file"):
+        prepare_corpus(tmp_path / "other")
