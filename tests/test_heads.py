@@ -36,7 +36,8 @@ def test_tying_needs_an_embedding():
         ModelConfig(embedding_size=0, tie_weights=True).validate()
 
 
-@pytest.mark.parametrize("head, extra", [("adaptive", {"adaptive_cutoffs": "5,20"}), ("mos", {"mos_experts": 3})])
+@pytest.mark.parametrize("head, extra", [("adaptive", {"adaptive_cutoffs": "5,20"}), ("mos", {"mos_experts": 3}),
+                                         ("adaptive", {"adaptive_cutoffs": "5,20", "tie_weights": True})])
 def test_heads_give_distributions_and_their_loss_is_the_nll(head, extra):
     model = model_with(head=head, **extra)
     tokens, targets = torch.randint(0, 40, (3, 6)), torch.randint(0, 40, (3, 6))
@@ -45,6 +46,21 @@ def test_heads_give_distributions_and_their_loss_is_the_nll(head, extra):
     _, loss, _ = model(tokens, targets=targets)
     expected = -log_probs.gather(-1, targets[..., None]).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_tied_adaptive_head_uses_the_embedding_rows():
+    model = model_with(head="adaptive", adaptive_cutoffs="5,20", tie_weights=True)
+    head = model.head_module
+    assert head.weight is model.embedding.weight
+    names = [name for name, _ in model.named_parameters()]
+    assert not any(name.startswith("head_module") and p.shape == (40, 8) for name, p in model.named_parameters())
+    assert len(names) == len(set(names)) and "embedding.weight" in names
+    own = sum(p.numel() for p in head.parameters())
+    assert own == 8 * 2 + 2 + 2 * 8 * 8 + 40  # cluster logits, two E x E projections, a bias per id: no V x E
+    model.train()
+    _, loss, _ = model(torch.randint(0, 40, (2, 5)), targets=torch.tensor([[0, 7, 25, 39, 3]] * 2))
+    loss.backward()
+    assert model.embedding.weight.grad[[7, 25, 39]].abs().sum() > 0  # output rows of tail ids get gradient
 
 
 def test_adaptive_training_never_builds_full_logits():
@@ -61,7 +77,8 @@ def test_bad_adaptive_cutoffs():
         ModelConfig(head="adaptive", adaptive_cutoffs="a,b").validate()
 
 
-@pytest.mark.parametrize("settings", [{"head": "adaptive"}, {"head": "mos", "mos_experts": 2}, {"tie_weights": True}])
+@pytest.mark.parametrize("settings", [{"head": "adaptive"}, {"head": "mos", "mos_experts": 2}, {"tie_weights": True},
+                                      {"head": "adaptive", "tie_weights": True}])
 def test_every_head_trains_saves_and_samples(tmp_path, settings):
     config = tiny_config(tmp_path, max_steps=4, eval_every=2)
     for name, value in settings.items():
@@ -70,6 +87,7 @@ def test_every_head_trains_saves_and_samples(tmp_path, settings):
     assert math.isfinite(result.val_loss)
     model = load_checkpoint(result.best_checkpoint).build_model()
     if settings.get("tie_weights"):
-        assert model.head.weight is model.embedding.weight
+        tied = model.head if model.head is not None else model.head_module
+        assert tied.weight is model.embedding.weight
     tokens = list(generate(make_stepper(model, SampleConfig()), [1, 2], SampleConfig(length=10)))
     assert len(tokens) == 10

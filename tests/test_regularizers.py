@@ -13,6 +13,7 @@ from rnnlab.models.lm import RecurrentLM
 from rnnlab.models.regularizers import drop_connect, embedding_dropout, locked_dropout
 
 ALL_ON = dict(dropout_embedding=0.3, dropout_input=0.3, dropout_hidden=0.3, dropout_output=0.3, weight_drop=0.5,
+              weight_drop_input=0.2, dropout_last_input=0.4, dropout_recurrent=0.2,
               activation_regularization=2.0, temporal_activation_regularization=1.0)
 
 
@@ -101,3 +102,53 @@ def test_flags_and_validation():
         ModelConfig(weight_drop=1.0).validate()
     with pytest.raises(ConfigError, match="needs an embedding"):
         ModelConfig(embedding_size=0, dropout_embedding=0.1).validate()
+
+
+def test_the_last_layer_gets_its_own_input_dropout(monkeypatch):
+    import rnnlab.models.lm as lm
+
+    rates = []
+
+    def recording(x, p, training):
+        rates.append(p)
+        return x
+
+    monkeypatch.setattr(lm, "locked_dropout", recording)
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(num_layers=3, hidden_size=8, embedding_size=4, dropout=0.0, dropout_input=0.1,
+                                    dropout_hidden=0.2, dropout_last_input=0.5, dropout_output=0.3), 7).train()
+    model(torch.randint(0, 7, (2, 4)))
+    assert rates == [0.1, 0.2, 0.5, 0.3]  # input, layer 1 -> 2, layer 2 -> 3 (the last), output
+
+
+def test_recurrent_candidate_dropout_equals_the_fused_lstm_without_dropout_and_changes_training():
+    from rnnlab.models.cells import _lstm_with_candidate_dropout
+
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=8, embedding_size=4, dropout=0.0), 7)
+    stack, x = model.layers, torch.randn(2, 6, 4)
+    w_ih, w_hh, b_ih, b_hh = stack.layer_weights(0)
+    state = stack.init_state(2)
+    fused, fused_state = stack(x, state)
+    stepped, stepped_state = _lstm_with_candidate_dropout(x, state, w_ih, w_hh, b_ih + b_hh, 1e-12)
+    torch.testing.assert_close(stepped, fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stepped_state[1], fused_state[1], atol=1e-5, rtol=1e-5)
+    stack.train()
+    dropped, _ = stack(x, state, dropout_recurrent=0.5)
+    assert not torch.allclose(dropped, fused)
+
+
+def test_input_weight_drop_changes_training_only():
+    plain, regular = twin_models(weight_drop_input=0.5)
+    tokens = torch.randint(0, 9, (2, 5))
+    regular.train()
+    assert not torch.allclose(plain.eval()(tokens)[0], regular(tokens)[0])
+
+
+def test_lstm_only_regularizers_are_refused_elsewhere():
+    with pytest.raises(ConfigError, match="needs --cell lstm"):
+        ModelConfig(cell="gru", dropout_recurrent=0.1).validate()
+    with pytest.raises(ConfigError, match="weight_drop_input is for lstm"):
+        ModelConfig(cell="qrnn", weight_drop_input=0.1).validate()
+    with pytest.raises(ConfigError, match="dropout_last_input must be in"):
+        ModelConfig(dropout_last_input=1.5).validate()

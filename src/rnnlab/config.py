@@ -107,6 +107,13 @@ class ModelConfig:
     dropout_output: float = setting(0.0, "AWD-LSTM locked dropout on the last recurrent layer's outputs")
     weight_drop: float = setting(0.0, "AWD-LSTM weight drop: DropConnect on the hidden-to-hidden weights, one mask "
                                       "per sequence, inside the fused kernel's weights")
+    dropout_last_input: float | None = setting(
+        None, "locked dropout on the last recurrent layer's input, when it should differ from --dropout-hidden "
+              "(LSTMLM gives the last layer its own keep probability: with tied weights it is often narrower)")
+    weight_drop_input: float = setting(0.0, "DropConnect on the input-to-hidden weights W, one mask per sequence "
+                                            "(LSTMLM's input_weight_keep_prob = 1 - this)")
+    dropout_recurrent: float = setting(0.0, "LSTM recurrent dropout on the candidate tanh(g), one mask per sequence "
+                                            "(LSTMLM's recurrent_keep_prob = 1 - this); trains step by step, slower")
     activation_regularization: float = setting(0.0, "AR: add alpha * mean(dropped last-layer outputs^2) to the "
                                                     "training loss", flag="ar")
     temporal_activation_regularization: float = setting(0.0, "TAR: add beta * mean((h_t - h_(t-1))^2) of the "
@@ -116,9 +123,15 @@ class ModelConfig:
         _check_choices(self)
         _positive(self, "num_layers", "hidden_size")
         for name in ("dropout", "dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output",
-                     "weight_drop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+                     "weight_drop", "weight_drop_input", "dropout_recurrent", "dropout_last_input"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if self.dropout_recurrent and self.cell != "lstm":
+            raise ConfigError("dropout_recurrent drops the LSTM's candidate; it needs --cell lstm")
+        if self.weight_drop_input and self.cell == "qrnn":
+            raise ConfigError("the QRNN's --weight-drop already drops its (input) convolution weights; "
+                              "weight_drop_input is for lstm, gru and rnn")
         _non_negative(self, "activation_regularization", "temporal_activation_regularization")
         if self.dropout_embedding and not self.embedding_size:
             raise ConfigError("dropout_embedding needs an embedding (--embedding-size > 0)")
@@ -129,8 +142,9 @@ class ModelConfig:
             raise ConfigError("the paper architecture is an LSTM on one-hot input: drop --cell/--embedding-size")
         if self.tie_weights and not self.embedding_size:
             raise ConfigError("tie_weights shares the embedding with the output layer: set --embedding-size > 0")
-        if self.tie_weights and self.head != "softmax":
-            raise ConfigError(f"tie_weights works with the softmax head for now, not {self.head}")
+        if self.tie_weights and self.head == "mos":
+            raise ConfigError("tie_weights shares one output matrix; the mos head has one per expert mixture: use "
+                              "--head softmax or adaptive")
         if self.architecture == "paper" and (self.head != "softmax" or self.tie_weights):
             raise ConfigError("the paper architecture has a plain softmax output")
         self.cutoffs(None)

@@ -67,26 +67,36 @@ class RecurrentStack(nn.Module):
         return tuple(zeros)
 
     def forward(self, x: torch.Tensor, state: State | None = None, weight_drop: float = 0.0,
-                between: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, State]:
+                between: Callable[[torch.Tensor, int], torch.Tensor] | None = None, weight_drop_input: float = 0.0,
+                dropout_recurrent: float = 0.0) -> tuple[torch.Tensor, State]:
         """x: (B, T, I) -> outputs (B, T, H), final state.
 
-        With `weight_drop` (DropConnect on W_hh, one mask per call) or a `between` transform (e.g.
-        locked dropout between layers), the layers run one fused call each; otherwise all at once.
+        With `weight_drop` / `weight_drop_input` (DropConnect on W_hh / W_ih, one mask per call) or a
+        `between(h, next_layer)` transform (e.g. locked dropout between layers), the layers run one
+        fused call each; otherwise all at once. `dropout_recurrent` (LSTM, training only) drops the
+        candidate g of every step with one mask per sequence, c_t = f c_(t-1) + i drop(g): no fused
+        kernel exposes g, so that path runs step by step and is several times slower.
         """
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
-        if not weight_drop and between is None:
+        dropout_recurrent = dropout_recurrent if self.training and self.cell == "lstm" else 0.0
+        if not (weight_drop or weight_drop_input or dropout_recurrent) and between is None:
             weights = [w for layer in range(self.num_layers) for w in self.layer_weights(layer)]
             return self._fused(x, state, weights, self.num_layers, self.dropout if self.num_layers > 1 else 0.0)
         finals = []
         for layer in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
+            w_ih = drop_connect(w_ih, weight_drop_input, self.training)
             w_hh = drop_connect(w_hh, weight_drop, self.training)
             layer_state = tuple(s[layer:layer + 1] for s in state)
-            x, layer_state = self._fused(x, layer_state, [w_ih, w_hh, b_ih, b_hh], 1, 0.0)
+            if dropout_recurrent:
+                x, layer_state = _lstm_with_candidate_dropout(x, layer_state, w_ih, w_hh, b_ih + b_hh,
+                                                              dropout_recurrent)
+            else:
+                x, layer_state = self._fused(x, layer_state, [w_ih, w_hh, b_ih, b_hh], 1, 0.0)
             finals.append(layer_state)
             if layer + 1 < self.num_layers and between is not None:
-                x = between(x)
+                x = between(x, layer + 1)
         return x, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
 
     def _fused(self, x, state: State, weights, num_layers: int, dropout: float) -> tuple[torch.Tensor, State]:
@@ -97,6 +107,21 @@ class RecurrentStack(nn.Module):
         fused = torch.gru if self.cell == "gru" else torch.rnn_tanh
         output, h = fused(x, state[0], *args)
         return output, (h,)
+
+
+def _lstm_with_candidate_dropout(x, state: State, w_ih, w_hh, bias, p: float) -> tuple[torch.Tensor, State]:
+    """One LSTM layer, step by step, with recurrent dropout on the candidate (Semeniuta et al.):
+    one (B, H) mask per sequence. The input projection of all steps is one matrix product."""
+    h, c = state[0][0], state[1][0]
+    projected = x @ w_ih.T + bias  # (B, T, 4H)
+    mask = h.new_empty(h.shape).bernoulli_(1.0 - p) / (1.0 - p)
+    outputs = []
+    for t in range(x.shape[1]):
+        i, f, g, o = (projected[:, t] + h @ w_hh.T).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g) * mask
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), (h[None], c[None])
 
 
 # --- readable reference steps (used by the parity tests) -------------------------------------

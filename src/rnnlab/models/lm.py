@@ -14,7 +14,7 @@ from torch import nn
 
 from rnnlab.config import ModelConfig
 from rnnlab.models.cells import RecurrentStack, State
-from rnnlab.models.heads import AdaptiveHead, MixtureOfSoftmaxes
+from rnnlab.models.heads import AdaptiveHead, MixtureOfSoftmaxes, TiedAdaptiveHead
 from rnnlab.models.qrnn import QRNNStack
 from rnnlab.models.regularizers import (
     activation_penalty,
@@ -49,11 +49,8 @@ class RecurrentLM(nn.Module):
             self.projection = nn.Linear(width, config.embedding_size, bias=False)
             width = config.embedding_size
         self.head = nn.Linear(width, vocab_size) if config.head == "softmax" else None
-        self.head_module = {"softmax": None, "adaptive": lambda: AdaptiveHead(width, vocab_size,
-                                                                              config.cutoffs(vocab_size)),
-                            "mos": lambda: MixtureOfSoftmaxes(width, vocab_size, config.mos_experts)}[config.head]
-        self.head_module = self.head_module() if self.head_module else None
-        if config.tie_weights:
+        self.head_module = self._build_head_module(width)
+        if config.tie_weights and self.head is not None:
             self.head.weight = self.embedding.weight  # one Parameter, trained and saved as one
         if config.architecture == "paper":
             self._paper_init()
@@ -61,6 +58,17 @@ class RecurrentLM(nn.Module):
         # with the rest of the model; every sequence (and every sample) starts from it.
         self.initial_state = nn.ParameterList(
             [nn.Parameter(torch.zeros(s.shape)) for s in self.layers.init_state(1)] if learned_initial_state else [])
+
+    def _build_head_module(self, width: int) -> nn.Module | None:
+        """The output layer when it is not a plain linear softmax."""
+        cfg, vocab_size = self.config, self.vocab_size
+        if cfg.head == "adaptive" and cfg.tie_weights:
+            return TiedAdaptiveHead(self.embedding, cfg.cutoffs(vocab_size))
+        if cfg.head == "adaptive":
+            return AdaptiveHead(width, vocab_size, cfg.cutoffs(vocab_size))
+        if cfg.head == "mos":
+            return MixtureOfSoftmaxes(width, vocab_size, cfg.mos_experts)
+        return None
 
     def _paper_init(self) -> None:
         """Orthogonal recurrent weights (per gate block), Glorot-uniform dense layers, zero biases."""
@@ -117,11 +125,7 @@ class RecurrentLM(nn.Module):
             state = self.init_state(tokens.shape[0], tokens.device)
         cfg, training = self.config, self.training
         inputs = locked_dropout(self.embed(tokens), cfg.dropout_input, training)
-        between = None
-        if training and cfg.dropout_hidden:
-            def between(h):
-                return locked_dropout(h, cfg.dropout_hidden, True)
-        raw, state = self.layers(inputs, state, weight_drop=cfg.weight_drop if training else 0.0, between=between)
+        raw, state = self.layers(inputs, state, **self._layer_regularizers())
         hidden = locked_dropout(raw, cfg.dropout_output, training)
         logits, loss = None, None
         if targets is None or self.head is not None:
@@ -140,6 +144,24 @@ class RecurrentLM(nn.Module):
                 loss = loss + activation_penalty(hidden.float(), cfg.activation_regularization) \
                     + temporal_activation_penalty(raw.float(), cfg.temporal_activation_regularization)
         return logits, loss, state
+
+    def _layer_regularizers(self) -> dict:
+        """What the recurrent layers apply inside themselves while training (nothing in eval)."""
+        cfg = self.config
+        if not self.training:
+            return {}
+        last_input = cfg.dropout_hidden if cfg.dropout_last_input is None else cfg.dropout_last_input
+        last = cfg.num_layers - 1
+        regularizers = {"weight_drop": cfg.weight_drop}
+        if cfg.dropout_hidden or last_input:
+            def between(h, next_layer):
+                return locked_dropout(h, last_input if next_layer == last else cfg.dropout_hidden, True)
+            regularizers["between"] = between
+        if cfg.weight_drop_input:
+            regularizers["weight_drop_input"] = cfg.weight_drop_input
+        if cfg.dropout_recurrent:
+            regularizers["dropout_recurrent"] = cfg.dropout_recurrent
+        return regularizers
 
     def prime(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Read a prompt (B, T) in one fused pass -> logits after its last token (B, V), state."""

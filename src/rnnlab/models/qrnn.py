@@ -96,7 +96,7 @@ class QRNNStack(nn.Module):
         return c, first, rest
 
     def forward(self, x, state=None, weight_drop: float = 0.0,
-                between: Callable[[torch.Tensor], torch.Tensor] | None = None, pool=linear_scan):
+                between: Callable[[torch.Tensor, int], torch.Tensor] | None = None, pool=linear_scan):
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         cs, lasts = [], []
@@ -110,7 +110,7 @@ class QRNNStack(nn.Module):
             if k + 1 < self.num_layers:
                 x = F.dropout(x, self.dropout, self.training)
                 if between is not None:
-                    x = between(x)
+                    x = between(x, k + 1)
         new_c = torch.stack(cs)
         if self.window == 1:
             return x, (new_c,)
