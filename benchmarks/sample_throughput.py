@@ -1,15 +1,18 @@
 """(b) Sampling throughput of a 2x512 LSTM (embedding 128, V = 65), through rnnlab's one sampler.
 
-Prints characters/s, each the median of `--repeats` runs with its range:
-  * single stream, progressive, with the engine `rnnlab sample` uses on CPU (CpuStepEngine);
+Prints characters/s, each the median of `--repeats` runs with its range (runs interleaved):
+  * single stream, progressive, with the engine `rnnlab sample` uses on CPU (CpuStepEngine), with
+    its default int8 weights and with exact fp32 weights (--precision fp32);
   * single stream, progressive, through the model's own torch step (--no-fast), for reference;
   * 64 streams generated as one batch (--num-samples 64), counting every stream's characters;
   * single stream, windowed: every character re-reads the last 100 characters (Algorithm 4).
-and the largest difference between the fast engine's and the fp32 model's next-character
-distributions over 500 steps (the stated tolerance is 1e-4 in probability).
+and the largest difference between each engine's and the fp32 model's next-character
+distributions over 500 steps (stated tolerances: 1e-4 for fp32, 1e-2 for int8). With
+--checkpoint, the model is that trained checkpoint (random weights give flat distributions, on
+which any error looks small); it must be a 2x512 LSTM for the figures to compare.
 Targets: >= 8,000 chars/s single-stream, progressive >= 10x windowed.
 
-    python benchmarks/sample_throughput.py [--repeats 5] [--length 4000]
+    python benchmarks/sample_throughput.py [--repeats 5] [--length 4000] [--checkpoint DIR]
 """
 
 from __future__ import annotations
@@ -26,11 +29,17 @@ from rnnlab.sampling import generate, make_stepper, start
 
 
 def chars_per_second(stepper, config: SampleConfig, repeats: int) -> list[float]:
-    rates = []
+    return interleaved({"only": stepper}, config, repeats)["only"]
+
+
+def interleaved(steppers: dict, config: SampleConfig, repeats: int) -> dict[str, list[float]]:
+    """chars/s of several steppers, measured in turn within each repeat (the machine's noise hits all)."""
+    rates = {name: [] for name in steppers}
     for _ in range(repeats):
-        with Timer() as t:
-            count = sum(1 for _ in generate(stepper, [0, 1, 2], config))
-        rates.append(count * config.num_samples / t.seconds)
+        for name, stepper in steppers.items():
+            with Timer() as t:
+                count = sum(1 for _ in generate(stepper, [0, 1, 2], config))
+            rates[name].append(count * config.num_samples / t.seconds)
     return rates
 
 
@@ -53,24 +62,36 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--length", type=int, default=4000)
+    parser.add_argument("--checkpoint", help="a trained 2x512 LSTM checkpoint (default: random weights)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(cell="lstm", num_layers=2, hidden_size=512, embedding_size=128), 65).eval()
-    fast = make_stepper(model, SampleConfig())
+    if args.checkpoint:
+        from rnnlab.training.checkpoint import load_checkpoint
+        model = load_checkpoint(args.checkpoint).build_model("cpu").eval()
+    else:
+        model = RecurrentLM(ModelConfig(cell="lstm", num_layers=2, hidden_size=512, embedding_size=128), 65).eval()
+    int8 = make_stepper(model, SampleConfig())
+    fp32 = make_stepper(model, SampleConfig(precision="fp32"))
     print(f"machine: {machine()}")
-    print(f"model: 2x512 LSTM, {model.num_parameters():,} parameters; chars/s as median (range, n)")
-    single = chars_per_second(fast, SampleConfig(length=args.length), args.repeats)
-    print(f"  single stream, fast engine:      {summary(single)}")
+    print(f"model: {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()}, "
+          f"{model.num_parameters():,} parameters, {'trained' if args.checkpoint else 'random'} weights; "
+          f"int8 engine: {int8.precision}; chars/s as median (range, n)")
+    single = interleaved({"int8": int8, "fp32": fp32}, SampleConfig(length=args.length), args.repeats)
+    print(f"  single stream, engine int8 (default): {summary(single['int8'])}")
+    print(f"  single stream, engine fp32:           {summary(single['fp32'])}")
     torch_step = chars_per_second(model, SampleConfig(length=max(args.length // 8, 200)), args.repeats)
-    print(f"  single stream, torch model step: {summary(torch_step)}")
-    batched = chars_per_second(fast, SampleConfig(length=args.length // 4, num_samples=64), args.repeats)
-    print(f"  64 streams as one batch:         {summary(batched)}")
-    windowed = chars_per_second(fast, SampleConfig(length=max(args.length // 16, 100), sampling="windowed",
+    print(f"  single stream, torch model step:      {summary(torch_step)}")
+    batched = interleaved({"int8": int8, "fp32": fp32}, SampleConfig(length=args.length // 4, num_samples=64),
+                          args.repeats)
+    print(f"  64 streams as one batch, int8:        {summary(batched['int8'])}")
+    print(f"  64 streams as one batch, fp32:        {summary(batched['fp32'])}")
+    windowed = chars_per_second(int8, SampleConfig(length=max(args.length // 16, 100), sampling="windowed",
                                                    window=100), args.repeats)
-    print(f"  single stream, windowed (100):   {summary(windowed)}")
-    print(f"progressive / windowed: {statistics.median(single) / statistics.median(windowed):.1f}x")
-    print(f"fast engine vs fp32 model, largest next-character probability gap over 500 steps: "
-          f"{largest_probability_gap(model, fast):.2e}")
+    print(f"  single stream, windowed (100):        {summary(windowed)}")
+    print(f"progressive / windowed: {statistics.median(single['int8']) / statistics.median(windowed):.1f}x")
+    for name, engine in (("int8", int8), ("fp32", fp32)):
+        print(f"engine {name} vs fp32 model, largest next-character probability gap over 500 steps: "
+              f"{largest_probability_gap(model, engine):.2e}")
 
 
 if __name__ == "__main__":

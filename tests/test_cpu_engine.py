@@ -51,3 +51,40 @@ def test_engine_and_model_share_one_copy_of_the_weights():
     zeroed, _ = engine.step(torch.tensor([1]), engine.init_state(1))
     torch.testing.assert_close(zeroed[0], model.head.bias.detach())
     assert not torch.equal(logits, zeroed)
+
+
+INT8_TOLERANCE = 1e-2  # the stated bound on next-token probabilities of the int8 engine vs fp32
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_int8_engine_stays_within_its_tolerance_of_fp32(trained_checkpoint, cell):
+    from rnnlab.training.checkpoint import load_checkpoint
+
+    if cell == "lstm":
+        model = load_checkpoint(trained_checkpoint).build_model("cpu").eval()  # a trained model: peaked outputs
+    else:
+        torch.manual_seed(3)
+        model = RecurrentLM(ModelConfig(cell=cell, num_layers=2, hidden_size=48, embedding_size=8), 30).eval()
+    exact, quantized = CpuStepEngine(model, "fp32"), CpuStepEngine(model, "int8")
+    if quantized.precision != "int8":
+        pytest.skip("this torch build has no quantized CPU kernels")
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        a, state_a = exact.prime(torch.tensor([[1, 2, 3]]))
+        b, state_b = quantized.prime(torch.tensor([[1, 2, 3]]))
+        worst = 0.0
+        for _ in range(300):
+            pa, pb = torch.softmax(a, -1), torch.softmax(b, -1)
+            worst = max(worst, (pa - pb).abs().max().item())
+            token = torch.multinomial(pa, 1, generator=generator)[:, 0]
+            a, state_a = exact.step(token, state_a)
+            b, state_b = quantized.step(token, state_b)
+    assert 0 < worst < INT8_TOLERANCE  # different (it is int8), but within the bound
+
+
+def test_sampling_uses_the_int8_engine_by_default_and_fp32_on_request():
+    from rnnlab.sampling import make_stepper
+
+    model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=16, embedding_size=4), 11).eval()
+    assert make_stepper(model, SampleConfig()).precision in ("int8", "fp32")
+    assert make_stepper(model, SampleConfig(precision="fp32")).precision == "fp32"

@@ -57,3 +57,21 @@ def test_other_cells_export_too(tmp_path, cell):
         logits_t, _ = model.step(torch.tensor([1, 2]), None)
     logits_o, _ = onnx_model.step(np.array([1, 2]), onnx_model.init_state(2))
     assert np.abs(logits_t.numpy() - logits_o).max() < 1e-5
+
+
+def test_a_word_level_model_exports_and_completes_words(tmp_path):
+    from rnnlab.config import RunConfig
+    from rnnlab.data.vocab import WordVocab, count_words
+    from rnnlab.models.lm import RecurrentLM
+    from rnnlab.training.checkpoint import save_checkpoint
+    config = RunConfig()
+    config.data.tokenizer = "word"
+    config.model.hidden_size, config.model.embedding_size = 12, 4
+    vocab = WordVocab.from_counts(count_words("the cat sat on the mat\nthe dog ran\n"))
+    torch.manual_seed(0)
+    model = RecurrentLM(config.model, len(vocab)).eval()
+    path = save_checkpoint(tmp_path / "c.safetensors", model, config, vocab, metrics={})
+    assert main(["export", str(path), "--onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    text = OnnxModel(tmp_path / "m.onnx").complete("the cat", length=8, seed=1)
+    assert text.startswith((" ", "\n")) and len(text.split()) + text.count("\n") == 8
+    assert set(text.split()) <= set(vocab.tokens)

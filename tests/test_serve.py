@@ -138,3 +138,31 @@ def test_max_batch_one_serves_one_completion_at_a_time(loaded):
 
     scheduler = asyncio.run(scenario())
     assert scheduler.steps == 3 * 14  # each completion stepped on its own (its first character needs no step)
+
+
+def test_a_word_level_model_completes_words_and_scores_per_character(tmp_path_factory, ptb_folder):
+    from conftest import tiny_config
+
+    from rnnlab.training.loop import train
+
+    folder = tmp_path_factory.mktemp("word-model")
+    config = tiny_config(folder, data=ptb_folder, max_steps=6, eval_every=6)
+    config.data.tokenizer = "word"
+    train(config, progress_bar=False)
+    word = LoadedModel.load("words", folder)
+    assert word.info["tokenizer"] == "word"
+    config = ServeConfig(max_prompt_chars=50, max_length=100, max_n=2, max_streams=4, max_score_chars=200)
+    with TestClient(create_app([word], config)) as client:
+        result = client.post("/v1/complete", json={"prompt": "the king zyzzyva", "length": 6, "seed": 1}).json()
+        assert result["dropped"] == ["zyzzyva"]
+        text = result["completions"][0]["text"]
+        assert len(text.split()) + text.count("\n") == 6 and text[0] in " \n"  # six words after the prompt
+        streamed = client.post("/v1/complete", json={"prompt": "the king", "length": 6, "seed": 1, "stream": True})
+        pieces = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert "".join(p.get("text", "") for p in pieces if "index" in p) == client.post(
+            "/v1/complete", json={"prompt": "the king", "length": 6, "seed": 1}).json()["completions"][0]["text"]
+        scored = client.post("/v1/score", json={"text": "the king is dead \n"}).json()
+        spans = [c["char"] for c in scored["characters"]]
+        assert "".join(spans) == "the king is dead \n" and len(spans) == 5  # four words and <eos>
+        bits = sum(c["bits"] for c in scored["characters"])
+        assert abs(scored["bits_per_char"] - bits / len("the king is dead \n")) < 1e-9

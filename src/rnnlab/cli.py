@@ -185,7 +185,8 @@ def cmd_train(args) -> int:
     print(f"{'interrupted' if result.interrupted else 'done'} after {result.steps} steps "
           f"(epoch {result.epoch:.2f}); {result.num_parameters:,} parameters")
     print(f"last checkpoint: {result.last_checkpoint}")
-    print(f"best checkpoint: {result.best_checkpoint} (val loss {result.best_val_loss:.4f} nats/char)")
+    unit = "char" if config.data.tokenizer == "char" else "token"
+    print(f"best checkpoint: {result.best_checkpoint} (val loss {result.best_val_loss:.4f} nats/{unit})")
     if result.hint:
         print(f"hint: {result.hint}")
     if config.train.sample_length and not result.interrupted:

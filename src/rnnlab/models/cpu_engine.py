@@ -25,6 +25,8 @@ Dimension legend: B = batch, V = vocabulary, H = hidden units, G = gates, L = la
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -42,7 +44,9 @@ class CpuStepEngine:
 
     uses_blas_threads = True  # the sampler keeps torch to one thread while this engine steps
 
-    def __init__(self, model: RecurrentLM):
+    def __init__(self, model: RecurrentLM, precision: str = "fp32"):
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
         stack = model.layers
         self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
         self.gate_width = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * self.hidden
@@ -64,6 +68,13 @@ class CpuStepEngine:
                 self.stacked.append(_stack_in_place(above_w, weights[k][1]))
                 self.input_bias.append(_numpy(bias).copy())
                 self.recurrent_bias.append(_numpy(weights[k][3]).copy() if self.cell == "gru" else None)
+        self.int8 = [_int8_packed(m) for m in self.stacked] if precision == "int8" else None
+        self.precision = "int8" if self.int8 is not None and all(p is not None for p in self.int8) else "fp32"
+
+        if self.cell == "lstm":  # sigmoid(x) = (1 + tanh(x/2)) / 2: scale the i, f, o rows in, then out
+            h = self.hidden
+            self._into_tanh = np.concatenate([np.full(2 * h, 0.5), np.ones(h), np.full(h, 0.5)]).astype(F32)
+            self._out_offset = np.concatenate([np.full(2 * h, 0.5), np.zeros(h), np.full(h, 0.5)]).astype(F32)
 
     def _input_table(self, model: RecurrentLM, first_layer) -> np.ndarray:
         """(V, G*H): the first layer's input term for every token, biases included."""
@@ -127,28 +138,26 @@ class CpuStepEngine:
         return logits, (torch.from_numpy(h_new), torch.from_numpy(r_new))
 
     def _product(self, k: int, h: np.ndarray) -> np.ndarray:
+        if self.precision == "int8":
+            return torch.ops.quantized.linear_dynamic(torch.from_numpy(h), self.int8[k], True).numpy()
         matrix = self.stacked[k]
         if h.shape[0] == 1:  # a matrix-vector product: OpenBLAS's gemv, split over the cores
             return np.dot(matrix, h[0])[None, :]
         return h @ matrix.T
 
     def _lstm(self, gates: np.ndarray, c: np.ndarray, h_out: np.ndarray, c_out: np.ndarray) -> None:
-        """Gates (i, f, g, o): sigmoid(x) = (1 + tanh(x/2)) / 2, so one tanh serves every gate."""
+        """Gates (i, f, g, o) from one tanh: sigmoid(x) = 0.5 tanh(x/2) + 0.5 on the i, f, o rows."""
         hd = self.hidden
-        sigmoid_rows = (gates[:, :2 * hd], gates[:, 3 * hd:])
-        for rows in sigmoid_rows:
-            rows *= 0.5
+        gates *= self._into_tanh
         np.tanh(gates, out=gates)
-        for rows in sigmoid_rows:
-            rows += 1.0  # 2i, 2f | 2o
-        i2, f2, g, o2 = gates[:, :hd], gates[:, hd:2 * hd], gates[:, 2 * hd:3 * hd], gates[:, 3 * hd:]
-        np.multiply(f2, c, out=c_out)
-        g *= i2
-        c_out += g
-        c_out *= 0.5  # c' = f*c + i*g
+        gates *= self._into_tanh  # 0.5 on the sigmoid rows, 1 on g
+        gates += self._out_offset
+        i, f, g, o = gates[:, :hd], gates[:, hd:2 * hd], gates[:, 2 * hd:3 * hd], gates[:, 3 * hd:]
+        np.multiply(f, c, out=c_out)
+        g *= i
+        c_out += g  # c' = f*c + i*g
         np.tanh(c_out, out=h_out)
-        h_out *= o2
-        h_out *= 0.5  # h = o * tanh(c')
+        h_out *= o  # h = o * tanh(c')
 
     def _gru(self, input_term: np.ndarray, recurrent: np.ndarray, h: np.ndarray, h_out: np.ndarray) -> None:
         hd = self.hidden
@@ -157,6 +166,21 @@ class CpuStepEngine:
         np.subtract(h, n, out=h_out)
         h_out *= rz[:, hd:]
         h_out += n
+
+
+def _int8_packed(matrix: np.ndarray):
+    """fbgemm's packed int8 form of a matrix (one scale per row), or None where this torch has no
+    quantized CPU kernels. The fp32 matrix stays the reference; the int8 copy is a quarter of it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized tensors are deprecated in favour of torchao
+            weight = torch.from_numpy(matrix)
+            scales = (weight.abs().amax(dim=1).double() / 127.0).clamp_min(1e-12)
+            quantized = torch.quantize_per_channel(weight, scales, torch.zeros(len(scales), dtype=torch.long), 0,
+                                                   torch.qint8)
+            return torch.ops.quantized.linear_prepack(quantized, None)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

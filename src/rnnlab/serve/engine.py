@@ -43,7 +43,10 @@ class LoadedModel:
                 "layers": ckpt.config.model.num_layers, "hidden_size": ckpt.config.model.hidden_size,
                 "corpus": ckpt.metrics.get("corpus", "unknown"),
                 "best_val_loss": ckpt.metrics.get("best_val_loss", ckpt.metrics.get("val_loss"))}
-        return cls(name, ckpt.path, model, ckpt.vocab, make_stepper(model, SampleConfig()), info)
+        # fp32: a server steps many completions as one batch, where OpenBLAS's fp32 products are fast,
+        # and the engine's fp32 weights are the model's own memory (int8 would add a packed copy)
+        stepper = make_stepper(model, SampleConfig(precision="fp32"))
+        return cls(name, ckpt.path, model, ckpt.vocab, stepper, info)
 
     def default_prime(self) -> list[int]:
         return self.vocab.line_start()
