@@ -226,7 +226,8 @@ class TrainConfig:
     checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written")
     keep_last: int = setting(3, "keep the newest N checkpoints (the best one is always kept)")
     loss_guard: float = setting(3.0, "stop when the loss exceeds this multiple of the first loss (0 disables)")
-    sample_length: int = setting(200, "characters of preview printed after training (0 disables)")
+    sample_length: int = setting(200, "tokens (characters, for a char model) of preview printed after training "
+                                      "(0 disables)")
     seed: int = setting(1234, "seed for weights, batching, dropout and previews")
     device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda"))
     threads: int = setting(0, "CPU threads for PyTorch (0 = all cores)")
@@ -264,16 +265,17 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    length: int = setting(2000, "characters to generate")
+    length: int = setting(2000, "tokens to generate (characters, for a char model)")
     temperature: float = setting(1.0, "divide the logits by this (> 0); lower is more conservative")
-    top_k: int = setting(0, "sample only among the k most likely characters (0 = all)")
+    top_k: int = setting(0, "sample only among the k most likely tokens (0 = all)")
     top_p: float = setting(1.0, "sample only from the smallest set holding this probability mass, in (0, 1]")
     argmax: bool = setting(False, "always take the most likely character (greedy)")
     beam_width: int = setting(0, "beam search with this many beams for the most likely continuation (0 = off)")
     num_samples: int = setting(1, "independent samples generated together as one batch")
     prime_text: str = setting("", "text that warms the model up before generating")
     prime_file: str | None = setting(None, "read the prime text from this UTF-8 file")
-    unknown: str = setting("error", "prime characters not in the vocabulary", choices=("error", "skip"))
+    unknown: str = setting("error", "prime characters (or, for a word model, words) not in the vocabulary",
+                           choices=("error", "skip"))
     sampling: str = setting("progressive", "progressive: one step per new token with the carried state; "
                             "windowed: re-read the last --window tokens from a fresh state for every token",
                             choices=("progressive", "windowed"))
