@@ -161,3 +161,35 @@ def test_nt_asgd_switches_to_averaging_evaluates_with_it_and_resumes_exactly(tmp
     train(load_checkpoint(tmp_path / "b", prefer="last").config, resume=tmp_path / "b", progress_bar=False)
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert all(a[key] == b[key] for key in a if key[1] > 14)
+
+
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_word_and_bpe_runs_resume_exactly_on_separate_files(tmp_path, ptb_folder, tokenizer):
+    def config(folder):
+        run = tiny_config(folder, data=ptb_folder, max_steps=12, eval_every=4, log_every=1)
+        run.data.tokenizer, run.data.cache_dir = tokenizer, str(tmp_path / "cache")
+        run.data.vocab_size = 300 if tokenizer == "bpe" else 0
+        return run
+
+    straight = train(config(tmp_path / "a"), progress_bar=False)
+    train(config(tmp_path / "b"), stop=StopAfter(5), progress_bar=False)
+    resumed = train(load_checkpoint(tmp_path / "b", prefer="last").config, resume=tmp_path / "b",
+                    progress_bar=False)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert all(a[key] == b[key] for key in a if key[1] > 5)
+    assert resumed.val_loss == pytest.approx(straight.val_loss, abs=1e-6)
+
+
+def test_a_fine_tuned_word_run_resumes_on_its_model_vocabulary(tmp_path, ptb_folder):
+    base = tiny_config(tmp_path / "base", data=ptb_folder, max_steps=3, eval_every=3)
+    base.data.tokenizer = "word"
+    train(base, progress_bar=False)
+    text = tmp_path / "new.txt"
+    text.write_text(" the new words of the king \n" * 300, encoding="utf-8")
+    tuned = tiny_config(tmp_path / "ft", data=text, max_steps=6, eval_every=3, seq_length=16)
+    tuned.data.tokenizer = "word"
+    train(tuned, init_from=tmp_path / "base", stop=StopAfter(3), progress_bar=False)
+    result = train(load_checkpoint(tmp_path / "ft", prefer="last").config, resume=tmp_path / "ft",
+                   progress_bar=False)
+    assert result.steps == 6
+    assert load_checkpoint(tmp_path / "ft").vocab.tokens == load_checkpoint(tmp_path / "base").vocab.tokens

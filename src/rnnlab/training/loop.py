@@ -147,18 +147,15 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     if model_vocab is not None and model_vocab.kind != config.data.tokenizer:
         raise ConfigError(f"the checkpoint's vocabulary is {model_vocab.kind}-level; train it with --tokenizer "
                           f"{model_vocab.kind}")
-    # A word or BPE model reads new text with its own vocabulary (unknown words become <unk>);
-    # a char model's vocabulary must cover the new text's characters, mapped below.
-    reuse = model_vocab if model_vocab is not None and model_vocab.kind != "char" else None
-    corpus = prepare_from_config(config.data, reuse)
+    corpus = _prepare_for(config, model_vocab, resumed)
     digest = corpus.meta["blake2b"]
     vocab, id_map = corpus.vocab, None
-    if source is not None and reuse is None:
+    if source is not None and model_vocab.kind == "char":
         vocab, id_map = source.vocab, _map_into_vocab(corpus.vocab, source.vocab, init_from)
     elif resumed is not None:
         vocab = resumed.vocab
         _check_same_corpus(resumed, digest)
-        if reuse is None and vocab.chars != corpus.vocab.chars:  # fine-tuning: the model keeps its vocabulary
+        if vocab.kind == "char" and vocab.chars != corpus.vocab.chars:  # fine-tuning: the model keeps its own
             id_map = _map_into_vocab(corpus.vocab, vocab, resume)
 
     splits = corpus.splits(config.data.val_frac, config.data.test_frac)
@@ -454,6 +451,20 @@ def _restore(ckpt: Checkpoint, model, step: TrainingStep, batcher: StreamBatcher
     carried = tuple(t.to(device) for t in ckpt.prefixed("carry.")) if ckpt.trainer.get("has_carry") else None
     log.info("resuming %s at step %d", ckpt.path.name, ckpt.trainer["progress"]["step"])
     return _Progress.from_dict(ckpt.trainer["progress"]), carried
+
+
+def _prepare_for(config: RunConfig, model_vocab, resumed: Checkpoint | None):
+    """The prepared corpus of a run. A word or BPE model that already exists reads the text with its own
+    vocabulary (unknown words become <unk>); a char model's vocabulary is mapped onto the text's later.
+    A resumed run gets the corpus its checkpoint was trained on: prepared as usual, or, when that run
+    was itself fine-tuned from another model, encoded with the model's vocabulary."""
+    if model_vocab is None or model_vocab.kind == "char":
+        return prepare_from_config(config.data)
+    if resumed is not None:
+        corpus = prepare_from_config(config.data)
+        if corpus.meta["blake2b"] == resumed.metrics.get("corpus_digest"):
+            return corpus
+    return prepare_from_config(config.data, model_vocab)
 
 
 def _check_same_corpus(ckpt: Checkpoint, digest: str) -> None:
