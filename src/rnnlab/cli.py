@@ -473,7 +473,7 @@ def cmd_prepare(args) -> int:
     sizes = f"train {len(splits.train):,} / val {len(splits.val):,} / test {len(splits.test):,}"
     print(f"source: {meta['source']}\ncharacters: {meta.get('characters', meta['tokens']):,}\n"
           f"tokens: {meta['tokens']:,} ({kind})\nvocabulary: {meta['vocab_size']:,} {unit} ({meta['dtype']} ids)\n"
-          f"splits: {sizes}{' (the files own split)' if meta.get('split_tokens') else ''}\n"
+          f"splits: {sizes}{' (the files' own split)' if meta.get('split_tokens') else ''}\n"
           f"cache: {Path(corpus.tokens.filename).parent}")
     return 0
 

@@ -11,7 +11,7 @@ from tests.e2e.test_cli import TINY, run
 def test_prepare_reports_words_and_the_files_own_split(capsys, ptb_folder, tmp_path):
     code, out, err = run(capsys, "prepare", ptb_folder, "--tokenizer", "word", "--cache-dir", tmp_path)
     assert code == 0, err
-    assert "words (uint16 ids)" in out and "(the files own split)" in out and "tokens:" in out
+    assert "words (uint16 ids)" in out and "(the files' own split)" in out and "tokens:" in out
 
 
 @pytest.mark.parametrize("tokenizer, extra", [("word", ["--min-count", "2"]), ("bpe", ["--vocab-size", "400"])])
