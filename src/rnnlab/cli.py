@@ -471,9 +471,11 @@ def cmd_prepare(args) -> int:
     kind = corpus.vocab.kind
     unit = {"char": "characters", "word": "words", "bpe": "BPE tokens"}[kind]
     sizes = f"train {len(splits.train):,} / val {len(splits.val):,} / test {len(splits.test):,}"
+    if meta.get("split_tokens"):
+        sizes += " (the files' own split)"
     print(f"source: {meta['source']}\ncharacters: {meta.get('characters', meta['tokens']):,}\n"
           f"tokens: {meta['tokens']:,} ({kind})\nvocabulary: {meta['vocab_size']:,} {unit} ({meta['dtype']} ids)\n"
-          f"splits: {sizes}{' (the files' own split)' if meta.get('split_tokens') else ''}\n"
+          f"splits: {sizes}\n"
           f"cache: {Path(corpus.tokens.filename).parent}")
     return 0
 
