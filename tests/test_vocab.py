@@ -22,7 +22,7 @@ def test_unknown_characters_are_listed():
     vocab = CharVocab("abc")
     with pytest.raises(VocabularyError, match="'x', 'z'"):
         vocab.encode("abxcz")
-    assert vocab.unknown_characters("abxcz") == ["x", "z"]
+    assert vocab.unknown_pieces("abxcz") == ["x", "z"]
     assert vocab.drop_unknown("abxcz") == "abc"
 
 

@@ -105,8 +105,6 @@ class CharVocab:
     def unknown_pieces(self, text: str) -> list[str]:
         return sorted({ch for ch in set(text) if ch not in self._index})
 
-    unknown_characters = unknown_pieces
-
     def encode(self, text: str) -> np.ndarray:
         """Ids of `text`; raises VocabularyError listing any character the vocabulary lacks."""
         points = code_points(text)
