@@ -68,7 +68,11 @@ class CpuStepEngine:
                 self.stacked.append(_stack_in_place(above_w, weights[k][1]))
                 self.input_bias.append(_numpy(bias).copy())
                 self.recurrent_bias.append(_numpy(weights[k][3]).copy() if self.cell == "gru" else None)
-        self.int8 = [_int8_packed(m) for m in self.stacked] if precision == "int8" else None
+        # int8: every stacked matrix but the output layer, which stays fp32 (it is small, and its
+        # errors would land on the probabilities directly)
+        last = self.num_layers - 1
+        self.int8 = ([_int8_packed(m if k < last else m[-self.gate_width:]) for k, m in enumerate(self.stacked)]
+                     if precision == "int8" else None)
         self.precision = "int8" if self.int8 is not None and all(p is not None for p in self.int8) else "fp32"
 
         if self.cell == "lstm":  # sigmoid(x) = (1 + tanh(x/2)) / 2: scale the i, f, o rows in, then out
@@ -139,7 +143,11 @@ class CpuStepEngine:
 
     def _product(self, k: int, h: np.ndarray) -> np.ndarray:
         if self.precision == "int8":
-            return torch.ops.quantized.linear_dynamic(torch.from_numpy(h), self.int8[k], True).numpy()
+            recurrent = torch.ops.quantized.linear_dynamic(torch.from_numpy(h), self.int8[k], REDUCE_RANGE).numpy()
+            if k + 1 < self.num_layers:
+                return recurrent
+            head = self.stacked[k][:-self.gate_width]
+            return np.concatenate([h @ head.T, recurrent], axis=1)
         matrix = self.stacked[k]
         if h.shape[0] == 1:  # a matrix-vector product: OpenBLAS's gemv, split over the cores
             return np.dot(matrix, h[0])[None, :]
@@ -166,6 +174,20 @@ class CpuStepEngine:
         np.subtract(h, n, out=h_out)
         h_out *= rz[:, hd:]
         h_out += n
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni"))
+
+
+# fbgemm multiplies uint8 activations by int8 weights; without VNNI the pairwise int16 sums can
+# saturate, so activations keep 7 bits there (less precise). With VNNI they keep all 8.
+REDUCE_RANGE = not _cpu_has_vnni()
 
 
 def _int8_packed(matrix: np.ndarray):
