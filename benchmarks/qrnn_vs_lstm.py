@@ -3,7 +3,9 @@
 Both: embedding 128 -> 2 layers x 512 -> linear, V = 65; training on random batches of 32 x 128
 with Adam through `TrainingStep` (fp32 and bf16 autocast); sampling a single stream through
 `rnnlab.sampling.generate` with the stepper `rnnlab sample` would use (the CPU engine for the LSTM,
-the model's torch step for the QRNN). Alternating repeats; medians with ranges.
+the model's torch step for the QRNN). Alternating repeats; medians with ranges. Last, the QRNN
+pooling alone: `linear_scan` (forward + backward, one 32 x 128 x 512 layer) against the
+per-time-step loop it is tested against.
 
     python benchmarks/qrnn_vs_lstm.py [--repeats 5]
 """
@@ -17,6 +19,7 @@ from common import Timer, machine, summary
 
 from rnnlab.config import ModelConfig, SampleConfig, TrainConfig
 from rnnlab.models.lm import RecurrentLM
+from rnnlab.models.qrnn import linear_scan, reference_pool
 from rnnlab.sampling import generate, make_stepper
 from rnnlab.training.loop import TrainingStep
 from rnnlab.training.optim import build_optimizer
@@ -65,6 +68,26 @@ def main():
     print("\nsampling chars/s (single stream), median (range):")
     for cell, values in sampling.items():
         print(f"  {cell:10s} {summary(values)}  ({type(steppers[cell]).__name__})")
+    time_pooling(args.repeats)
+
+
+def time_pooling(repeats: int):
+    torch.manual_seed(0)
+    a = torch.sigmoid(torch.randn(BATCH, SEQ, 512)).requires_grad_()
+    b = torch.randn(BATCH, SEQ, 512).requires_grad_()
+    c0 = torch.randn(BATCH, 512).requires_grad_()
+    weights = torch.randn(BATCH, SEQ, 512)
+    times = {"linear_scan": [], "reference loop": []}
+    for _ in range(repeats):
+        for name, pool in (("linear_scan", linear_scan), ("reference loop", reference_pool)):
+            with Timer() as t:
+                (pool(a, b, c0) * weights).sum().backward()
+            times[name].append(t.seconds * 1000)
+    error = (linear_scan(a, b, c0) - reference_pool(a, b, c0)).abs().max().item()
+    print(f"\nQRNN pooling, forward + backward of one {BATCH} x {SEQ} x 512 layer, ms, median (range):")
+    for name, values in times.items():
+        print(f"  {name:15s} {summary(values)}")
+    print(f"  largest difference between the two: {error:.1e}")
 
 
 if __name__ == "__main__":

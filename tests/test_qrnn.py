@@ -1,4 +1,4 @@
-"""QRNN: the log-space scan equals the loop; chunks with carried state equal one pass; it trains."""
+"""QRNN: the parallel scan equals the loop; chunks with carried state equal one pass; it trains."""
 
 import math
 
@@ -30,6 +30,27 @@ def test_parallel_scan_gradients_equal_the_loop():
     slow = torch.autograd.grad(reference_pool(a, b, c0).pow(2).sum(), (a, b, c0))
     for x, y in zip(fast, slow, strict=True):
         torch.testing.assert_close(x, y)
+
+
+def test_parallel_scan_backward_passes_gradcheck_on_odd_lengths():
+    torch.manual_seed(4)
+    for steps in (1, 2, 7, 33):  # powers of two and not; a single step takes the plain update
+        a = torch.sigmoid(torch.randn(2, steps, 3, dtype=torch.float64)).requires_grad_()
+        b = torch.randn(2, steps, 3, dtype=torch.float64).requires_grad_()
+        c0 = torch.randn(2, 3, dtype=torch.float64).requires_grad_()
+        assert torch.autograd.gradcheck(linear_scan, (a, b, c0))
+
+
+def test_parallel_scan_stays_accurate_over_long_sequences_and_runs_bf16_gates_in_fp32():
+    torch.manual_seed(5)
+    a = torch.sigmoid(torch.randn(2, 2000, 8, dtype=torch.float64) + 4)  # long memory: gates near 1
+    b = torch.randn(2, 2000, 8, dtype=torch.float64) * 0.1
+    c0 = torch.randn(2, 8, dtype=torch.float64)
+    exact = reference_pool(a, b, c0)
+    assert (linear_scan(a.float(), b.float(), c0.float()) - exact).abs().max() < 1e-4
+    half = linear_scan(a.bfloat16(), b.bfloat16(), c0.float())
+    assert half.dtype == torch.float32
+    assert (half - reference_pool(a.bfloat16().double(), b.bfloat16().double(), c0)).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("window, pooling", [(1, "f"), (2, "fo"), (2, "ifo")])

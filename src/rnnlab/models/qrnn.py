@@ -4,9 +4,9 @@ Dimension legend: B = batch, T = time, I = input width, H = hidden units, L = la
 A layer computes Z = tanh, F (and O, I) = sigmoid of one linear map of [x_t, x_(t-1)] (window 2) or
 x_t (window 1) — a convolution that never looks ahead — for all T steps at once. The pooling is
 the only sequential part, c_t = f_t c_(t-1) + b_t, with b = (1 - f) z (f-/fo-pooling) or i z
-(ifo-pooling); output h = c (f) or o c (fo, ifo). It runs as a log-space parallel scan
-(cumulative sums and logcumsumexp, no Python loop over time); `reference_pool` is the plain loop
-the tests compare it with. The state carries c and, for window 2, each layer's last input.
+(ifo-pooling); output h = c (f) or o c (fo, ifo). It runs as a parallel scan (log2(T) elementwise
+passes, no Python loop over time) with its own backward; `reference_pool` is the plain loop the
+tests compare it with. The state carries c and, for window 2, each layer's last input.
 """
 
 from __future__ import annotations
@@ -20,26 +20,62 @@ from torch import nn
 from rnnlab.models.regularizers import drop_connect
 
 POOLING_GATES = {"f": 2, "fo": 3, "ifo": 4}
-NO_MASS = -1e30
+
+
+def _scan_pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inclusive scan of the affine maps c -> a_t c + b_t along dim 1 (Hillis-Steele, no autograd).
+
+    After the pass at distance d, position t holds the composition of the maps t-2d+1..t; log2(T)
+    passes of three elementwise products over (B, T, H) replace T sequential steps. Only products
+    of gates in (0, 1) are formed: no division, no logarithm, nothing to overflow.
+    """
+    a, b = a.clone(), b.clone()
+    distance = 1
+    while distance < a.shape[1]:
+        # compute from the old values before writing: the slices overlap
+        new_b = torch.addcmul(b[:, distance:], a[:, distance:], b[:, :-distance])
+        new_a = a[:, distance:] * a[:, :-distance]
+        b[:, distance:], a[:, distance:] = new_b, new_a
+        distance *= 2
+    return a, b
+
+
+class _LinearScan(torch.autograd.Function):
+    """c = linear_scan(a, b, c0) with a hand-written backward, itself one scan run backwards in time.
+
+    With g_t = dL/dc_t summed over every later use of c_t, g_t = grad_t + a_(t+1) g_(t+1), so
+    dL/db_t = g_t, dL/da_t = g_t c_(t-1) and dL/dc0 = a_1 g_1. Autograd through the scan's
+    passes would store every intermediate instead.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, c0):
+        product, offset = _scan_pairs(a, b)
+        c = torch.addcmul(offset, product, c0[:, None])
+        ctx.save_for_backward(a, c, c0)
+        return c
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, c, c0 = ctx.saved_tensors
+        a_next = F.pad(a[:, 1:], (0, 0, 0, 1))  # nothing flows back from beyond the last step
+        _, g = _scan_pairs(a_next.flip(1), grad.flip(1))
+        g = g.flip(1)
+        c_previous = torch.cat([c0[:, None], c[:, :-1]], dim=1)
+        return g * c_previous, g, g[:, 0] * a[:, 0]
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
     """c_t = a_t * c_(t-1) + b_t for t = 1..T, with a in (0, 1): (B, T, H) each, c0 (B, H) -> c (B, T, H).
 
-    Closed form c_t = A_t (c0 + sum_(s<=t) b_s / A_s), A_t = prod_(r<=t) a_r, evaluated in log space
-    (Heinsen's scan); positive and negative terms are summed apart because logs need positive values.
+    A parallel scan over time in at least fp32 (bf16's 8-bit mantissa would drift over long
+    products); one step (sampling, ONNX export) is the plain update.
     """
-    log_a = torch.cumsum(torch.log(a), dim=1)
-    log_a = F.pad(log_a, (0, 0, 1, 0))  # A_0 = 1 carries c0
-    values = torch.cat([c0[:, None], b], dim=1)
-    result = 0.0
-    for sign in (1.0, -1.0):
-        part = values * sign
-        positive = part > 0
-        # a huge negative stand-in for log(0): -inf would make logcumsumexp's gradient NaN
-        log_part = torch.where(positive, torch.log(part.clamp_min(1e-30)), torch.full_like(part, NO_MASS))
-        result = result + sign * torch.exp(log_a + torch.logcumsumexp(log_part - log_a, dim=1))
-    return result[:, 1:]
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.promote_types(c0.dtype, torch.float32))
+    a, b, c0 = a.to(dtype), b.to(dtype), c0.to(dtype)
+    if a.shape[1] == 1:
+        return torch.addcmul(b, a, c0[:, None])
+    return _LinearScan.apply(a, b, c0)
 
 
 def reference_pool(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
