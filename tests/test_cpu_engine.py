@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rnnlab.config import ModelConfig, SampleConfig
-from rnnlab.models.cpu_engine import CpuStepEngine
+from rnnlab.models.cpu_engine import CpuStepEngine, QrnnStepEngine, step_engine
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.sampling import generate
 
@@ -88,3 +88,63 @@ def test_sampling_uses_the_int8_engine_by_default_and_fp32_on_request():
     model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=16, embedding_size=4), 11).eval()
     assert make_stepper(model, SampleConfig()).precision in ("int8", "fp32")
     assert make_stepper(model, SampleConfig(precision="fp32")).precision == "fp32"
+
+
+@pytest.mark.parametrize("window, pooling, embedding, layers", [
+    (1, "f", 0, 1), (1, "fo", 12, 3), (2, "fo", 12, 3), (2, "ifo", 0, 2), (2, "f", 12, 1)])
+def test_qrnn_engine_matches_the_model_step_and_continues_a_prompt(window, pooling, embedding, layers):
+    torch.manual_seed(4)
+    model = RecurrentLM(ModelConfig(cell="qrnn", qrnn_window=window, qrnn_pooling=pooling, num_layers=layers,
+                                    hidden_size=24, embedding_size=embedding), 17).eval()
+    engine = step_engine(model)
+    assert isinstance(engine, QrnnStepEngine)
+    prompt = torch.randint(0, 17, (3, 5))
+    with torch.inference_mode():
+        a, model_state = model.prime(prompt)
+        b, engine_state = engine.prime(prompt)
+        assert (a - b).abs().max() < TOLERANCE
+        for _ in range(8):
+            tokens = torch.randint(0, 17, (3,))
+            a, model_state = model.step(tokens, model_state)
+            b, engine_state = engine.step(tokens, engine_state)
+            assert (a - b).abs().max() < TOLERANCE
+            for x, y in zip(model_state, engine_state[:-1], strict=True):  # the model's state is carried too
+                torch.testing.assert_close(x, y, atol=TOLERANCE, rtol=0)
+        more = torch.randint(0, 17, (3, 4))  # a prompt read on top of a stepped state
+        a, _ = model.prime(more, model_state)
+        b, _ = engine.prime(more, engine_state)
+        assert (a - b).abs().max() < TOLERANCE
+
+
+def test_qrnn_engine_shares_the_weights_samples_like_the_model_and_is_what_sampling_picks():
+    from rnnlab.sampling import make_stepper
+
+    torch.manual_seed(5)
+    model = RecurrentLM(ModelConfig(cell="qrnn", num_layers=2, hidden_size=32, embedding_size=8), 20).eval()
+    engine = make_stepper(model, SampleConfig(precision="fp32"))
+    assert isinstance(engine, QrnnStepEngine)
+    assert torch.from_numpy(engine.upper[0]).data_ptr() == model.layers.qrnn_layers[1].linear.weight.data_ptr()
+    config = SampleConfig(length=200, seed=7, temperature=0.8)
+    fast = torch.stack(list(generate(engine, [1, 2, 3], config)))
+    slow = torch.stack(list(generate(model, [1, 2, 3], config)))
+    assert torch.equal(fast, slow)
+
+
+def test_qrnn_int8_engine_stays_within_its_tolerance_of_fp32():
+    torch.manual_seed(6)
+    model = RecurrentLM(ModelConfig(cell="qrnn", num_layers=3, hidden_size=48, embedding_size=8), 30).eval()
+    exact, quantized = step_engine(model, "fp32"), step_engine(model, "int8")
+    if quantized.precision != "int8":
+        pytest.skip("this torch build has no quantized CPU kernels")
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        a, state_a = exact.prime(torch.tensor([[1, 2, 3]]))
+        b, state_b = quantized.prime(torch.tensor([[1, 2, 3]]))
+        worst = 0.0
+        for _ in range(200):
+            pa, pb = torch.softmax(a, -1), torch.softmax(b, -1)
+            worst = max(worst, (pa - pb).abs().max().item())
+            token = torch.multinomial(pa, 1, generator=generator)[:, 0]
+            a, state_a = exact.step(token, state_a)
+            b, state_b = quantized.step(token, state_b)
+    assert 0 < worst < INT8_TOLERANCE

@@ -143,8 +143,7 @@ def make_stepper(model, config: SampleConfig):
     `config.precision` says) on CPU, else the model itself."""
     device = next(model.parameters()).device
     plain_output = model.head is not None and model.projection is None  # what the engine re-expresses
-    plain_output = plain_output and model.config.cell != "qrnn"
     if config.fast and device.type == "cpu" and plain_output:
-        from rnnlab.models.cpu_engine import CpuStepEngine
-        return CpuStepEngine(model, config.precision)
+        from rnnlab.models.cpu_engine import step_engine
+        return step_engine(model, config.precision)
     return model

@@ -18,8 +18,8 @@ re-arranges the same fp32 weights for the one-step case and steps with NumPy:
 * one tanh over all LSTM gates yields every gate (sigmoid(x) = (1 + tanh(x/2)) / 2).
 
 It is the model's step re-expressed, not a second model: tests/test_cpu_engine.py checks its
-logits against `RecurrentLM.step` (fp32, tolerance 1e-4) for every cell type, embedding or
-one-hot, one or several layers.
+logits against `RecurrentLM.step` (fp32, tolerance 1e-4) for every cell type (QRNN through
+`QrnnStepEngine`, below), embedding or one-hot, one or several layers.
 Dimension legend: B = batch, V = vocabulary, H = hidden units, G = gates, L = layers.
 """
 
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from rnnlab.models.lm import LEAKINESS, RecurrentLM
+from rnnlab.models.qrnn import POOLING_GATES
 
 F32 = np.float32
 
@@ -174,6 +175,122 @@ class CpuStepEngine:
         np.subtract(h, n, out=h_out)
         h_out *= rz[:, hd:]
         h_out += n
+
+
+class QrnnStepEngine(CpuStepEngine):
+    """The same engine for QRNN models: one step is a product per layer and a few elementwise passes.
+
+    A QRNN layer's gates are W_cur x_t + W_prev x_(t-1) + b, so the second term is known one step
+    ahead: each product of a layer's input x_t with [W_cur; W_prev] gives this step's gates and the
+    next step's `r`. The layer's weight (G*H, 2I) is read as (2*G*H, I) — rows alternate W_cur,
+    W_prev — so one product yields both, interleaved, with no copy of the weights. The first
+    layer's two terms are (V, G*H) tables. The state is the model's (c[, x_first, x_rest]) plus
+    r (L, B, G*H), so `prime` reads prompts with the model's own forward, as for the LSTM.
+    """
+
+    def __init__(self, model: RecurrentLM, precision: str = "fp32"):
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+        stack = model.layers
+        self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
+        self.window, self.pooling = stack.window, stack.qrnn_layers[0].pooling
+        self.gate_width = POOLING_GATES[self.pooling] * self.hidden
+        self.vocab_size = model.vocab_size
+        self._model = model
+        linears = [layer.linear for layer in stack.qrnn_layers]
+        with torch.no_grad():
+            inputs = (model.embedding.weight if model.embedding is not None else torch.eye(model.vocab_size)).float()
+            width = inputs.shape[1]
+            first = linears[0].weight.float()
+            self.table = _numpy(inputs @ first[:, :width].T + linears[0].bias)
+            self.inputs = _numpy(inputs)  # x_first of the model state: the token's input vector
+            self.first_previous = _numpy(first[:, width:]) if self.window == 2 else None
+            self.table_previous = _numpy(inputs @ first[:, width:].T) if self.window == 2 else None
+            # layers above the first: (window*G*H, H) views of their weights
+            self.upper = [_numpy(linears[k].weight).reshape(self.window * self.gate_width, self.hidden)
+                          for k in range(1, self.num_layers)]
+            self.biases = [_numpy(linears[k].bias) for k in range(self.num_layers)]
+            head = model.dense if model.dense is not None else model.head
+            self.head = (_numpy(head.weight), _numpy(head.bias))
+            self.final = ((_numpy(model.head.weight), _numpy(model.head.bias)) if model.dense is not None else None)
+        self.int8 = [_int8_packed(m) for m in self.upper] if precision == "int8" else None
+        self.precision = "int8" if self.int8 is not None and all(p is not None for p in self.int8) else "fp32"
+        sigmoid_rows = np.full(self.gate_width, 0.5, dtype=F32)
+        sigmoid_rows[:self.hidden] = 1.0  # z = tanh, every other gate a sigmoid
+        self._into_tanh = sigmoid_rows
+        self._out_offset = np.where(sigmoid_rows == 0.5, 0.5, 0.0).astype(F32)
+
+    def from_model_state(self, state):
+        """Add r_k = W_prev_k x_k (the previous inputs' gate terms) to a model state (c[, x_first, x_rest])."""
+        model_state = tuple(torch.from_numpy(s.detach().float().cpu().numpy().copy()) for s in state)
+        batch = model_state[0].shape[1]
+        r = np.zeros((self.num_layers, batch, self.gate_width if self.window == 2 else 0), dtype=F32)
+        if self.window == 2:
+            r[0] = model_state[1][0].numpy() @ self.first_previous.T
+            for k in range(1, self.num_layers):
+                r[k] = (model_state[2][k - 1].numpy() @ self.upper[k - 1].T)[:, 1::2]
+        return model_state + (torch.from_numpy(r),)
+
+    def step(self, tokens: torch.Tensor, state):
+        ids = tokens.numpy()
+        c_old, r_old = state[0].numpy(), state[-1].numpy()
+        c_new, r_new = np.empty_like(c_old), np.empty_like(r_old)
+        gates = np.take(self.table, ids, axis=0)
+        extra = ()
+        if self.window == 2:  # the model's state of previous inputs, kept so `prime` can continue it
+            gates += r_old[0]
+            r_new[0] = np.take(self.table_previous, ids, axis=0)
+            x_first = np.take(self.inputs, ids, axis=0)[None]
+            x_rest = np.empty_like(state[2].numpy())
+        for k in range(self.num_layers):
+            h = self._pool(gates, c_old[k], c_new[k])
+            if k + 1 == self.num_layers:
+                break
+            product = self._product_above(k, h)
+            if self.window == 2:
+                x_rest[k] = h
+                gates = product[:, 0::2] + self.biases[k + 1]
+                gates += r_old[k + 1]
+                r_new[k + 1] = product[:, 1::2]
+            else:
+                gates = product + self.biases[k + 1]
+        logits = h @ self.head[0].T
+        logits += self.head[1]
+        if self.final is not None:
+            np.maximum(logits, LEAKINESS * logits, out=logits)  # leaky ReLU
+            logits = logits @ self.final[0].T + self.final[1]
+        if self.window == 2:
+            extra = (torch.from_numpy(x_first), torch.from_numpy(x_rest))
+        return torch.from_numpy(logits), (torch.from_numpy(c_new), *extra, torch.from_numpy(r_new))
+
+    def _product_above(self, k: int, h: np.ndarray) -> np.ndarray:
+        """h_k times the next layer's weight: (B, window*G*H), W_cur and W_prev terms interleaved."""
+        if self.precision == "int8":
+            return torch.ops.quantized.linear_dynamic(torch.from_numpy(h), self.int8[k], REDUCE_RANGE).numpy()
+        if h.shape[0] == 1:
+            return np.dot(self.upper[k], h[0])[None, :]
+        return h @ self.upper[k].T
+
+    def _pool(self, gates: np.ndarray, c: np.ndarray, c_out: np.ndarray) -> np.ndarray:
+        """c' = f c + (1 - f) z (or i z for ifo); returns h = c' (f) or o c' (fo, ifo)."""
+        hd = self.hidden
+        gates *= self._into_tanh
+        np.tanh(gates, out=gates)
+        gates *= self._into_tanh
+        gates += self._out_offset
+        z, f = gates[:, :hd], gates[:, hd:2 * hd]
+        if self.pooling == "ifo":
+            z *= gates[:, 3 * hd:]
+        else:
+            z -= f * z
+        np.multiply(f, c, out=c_out)
+        c_out += z
+        return c_out if self.pooling == "f" else c_out * gates[:, 2 * hd:3 * hd]
+
+
+def step_engine(model: RecurrentLM, precision: str = "fp32") -> CpuStepEngine:
+    """The NumPy step engine for a model's cell type."""
+    return (QrnnStepEngine if model.layers.cell == "qrnn" else CpuStepEngine)(model, precision)
 
 
 def _cpu_has_vnni() -> bool:
