@@ -3,8 +3,8 @@
 Both: embedding 128 -> 2 layers x 512 -> linear, V = 65; training on random batches of 32 x 128
 with Adam through `TrainingStep` (fp32 and bf16 autocast); sampling a single stream through
 `rnnlab.sampling.generate` with the stepper `rnnlab sample` would use (the NumPy step engines,
-int8: `CpuStepEngine` for the LSTM, `QrnnStepEngine` for the QRNN). Alternating repeats; medians with ranges. Last, the QRNN
-pooling alone: `linear_scan` (forward + backward, one 32 x 128 x 512 layer) against the
+int8: `CpuStepEngine` for the LSTM, `QrnnStepEngine` for the QRNN). Alternating repeats; medians
+with ranges. Last, the QRNN pooling alone: `linear_scan` (forward + backward, one 32 x 128 x 512 layer) against the
 per-time-step loop it is tested against.
 
     python benchmarks/qrnn_vs_lstm.py [--repeats 5]

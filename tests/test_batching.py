@@ -42,5 +42,5 @@ def test_id_map_translates_ids():
 
 
 def test_too_small_corpus_names_settings_that_fit():
-    with pytest.raises(CorpusError, match=r"has 100 characters.*--batch-size 1 or --seq-length 19"):
+    with pytest.raises(CorpusError, match=r"has 100 tokens.*--batch-size 1 or --seq-length 19"):
         StreamBatcher(np.arange(100), batch_size=5, seq_length=50)

@@ -128,3 +128,29 @@ def test_folder_resolves_through_pointers_and_pruning_keeps_best(tmp_path):
 def test_folder_without_pointer(tmp_path):
     with pytest.raises(CheckpointError, match="no best.json"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("model", "cell", "foo", "cell must be one of"),
+    ("train", "seq_length", 0, "seq_length must be > 0"),
+    ("model", "dropout", 1.5, "dropout must be in"),
+])
+def test_an_invalid_saved_config_is_refused_in_one_line(tmp_path, section, key, value, message):
+    config, vocab, model = small_run()
+    document = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "vocab": vocab.to_dict()}
+    document["config"][section][key] = value
+    save_file({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "c.safetensors"),
+              metadata={METADATA_KEY: json.dumps(document)})
+    with pytest.raises(CheckpointError, match=f"invalid config or vocabulary: {message}"):
+        load_checkpoint(tmp_path / "c.safetensors")
+
+
+def test_checkpoints_get_the_usual_file_permissions(tmp_path):
+    import os
+    config, vocab, model = small_run()
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c.safetensors", model, config, vocab, metrics={})
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644

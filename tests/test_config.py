@@ -107,6 +107,9 @@ def test_round_trip_through_dict():
     ("[train]\ndevice = 'tpu'\n", "device must be one of"),
     ("[train]\nprecision = 'fp16'\ndevice = 'cpu'\n", "fp16 is for CUDA"),
     ("[train]\nseed = -1\n", "seed must be in"),
+    ("[model]\ncell = 'qrnn'\nqrnn_window = 3\n", "qrnn_window must be one of 1, 2; got 3"),
+    ("[train]\nscheme = 7\n", "scheme must be one of 1, 2, 3, 4"),
+    ("[model]\nhead = 'adaptive'\nadaptive_cutoffs = '50,20'\n", "must be positive and increasing"),
 ])
 def test_choices_are_checked_whatever_their_source(tmp_path, text, message):
     preset = tmp_path / "p.toml"
@@ -127,3 +130,43 @@ def test_a_preset_that_is_not_utf8(tmp_path):
 def test_beam_search_refuses_sampling_settings(values):
     with pytest.raises(ConfigError, match="cannot be combined with"):
         build_section(SampleConfig, {"beam_width": 4, **values})
+
+
+@pytest.mark.parametrize("overrides, flag, needs", [
+    ({"model": {"qrnn_window": 1}}, "--qrnn-window", "--cell qrnn"),
+    ({"model": {"qrnn_pooling": "ifo"}}, "--qrnn-pooling", "--cell qrnn"),
+    ({"model": {"adaptive_cutoffs": "10,20"}}, "--adaptive-cutoffs", "--head adaptive"),
+    ({"model": {"mos_experts": 3}}, "--mos-experts", "--head mos"),
+    ({"model": {"dense_size": 64}}, "--dense-size", "--architecture paper"),
+    ({"model": {"num_layers": 1, "dropout_hidden": 0.2}}, "--dropout-hidden", "--num-layers 2 or more"),
+    ({"train": {"momentum": 0.5}}, "--momentum", "--optimizer sgd"),
+    ({"train": {"nt_asgd_interval": 3}}, "--nt-asgd-interval", "--optimizer nt-asgd"),
+    ({"train": {"cycle_steps": 100}}, "--cycle-steps", "--schedule cyclic"),
+    ({"train": {"patience": 4}}, "--patience", "--schedule plateau"),
+    ({"train": {"decay_after": 2}}, "--decay-after", "--schedule char-rnn"),
+    ({"train": {"k3": 2, "seq_length": 8}}, "--k3", "--loss-positions last-k"),
+])
+def test_a_setting_that_has_no_effect_is_reported(caplog, overrides, flag, needs):
+    with caplog.at_level("WARNING", logger="rnnlab"):
+        build_run_config(None, overrides)
+    assert f"{flag} has no effect here: it needs {needs}" in caplog.text
+
+
+def test_settings_in_use_and_the_shipped_presets_raise_no_warning(caplog):
+    from pathlib import Path
+    with caplog.at_level("WARNING", logger="rnnlab"):
+        build_run_config(None, {"model": {"cell": "qrnn", "qrnn_window": 1}, "train": {"optimizer": "sgd",
+                                                                                     "momentum": 0.5}})
+        for preset in sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.toml")):
+            build_run_config(str(preset), {})
+    assert caplog.text == ""
+
+
+def test_adaptive_softmax_on_ids_not_sorted_by_frequency_is_reported(caplog):
+    with caplog.at_level("WARNING", logger="rnnlab"):
+        build_run_config(None, {"model": {"head": "adaptive"}})
+    assert "assumes ids sorted by frequency" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rnnlab"):
+        build_run_config(None, {"model": {"head": "adaptive"}, "data": {"tokenizer": "word"}})
+    assert caplog.text == ""

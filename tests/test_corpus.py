@@ -192,3 +192,68 @@ def test_incomplete_split_folders_are_refused(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(CorpusError, match="no input.txt and no train file"):
         prepare_corpus(tmp_path / "other")
+
+
+def test_single_word_file_learns_its_vocabulary_from_the_training_part_only(tmp_path):
+    lines = [f"common words here line{i}" for i in range(90)] + ["valonly words"] * 5 + ["testonly words"] * 5
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for spec in (TokenizerSpec("word"), TokenizerSpec("bpe", 300, 1)):
+        corpus = prepare_corpus(path, cache_dir=tmp_path / "cache", spec=spec, fractions=(0.05, 0.05))
+        splits = corpus.splits(0.05, 0.05)
+        decoded = [corpus.vocab.decode(np.asarray(s)) for s in (splits.train, splits.val, splits.test)]
+        if spec.kind == "bpe":  # byte-level BPE decodes exactly; the cut falls at a line break
+            assert "".join(decoded) == path.read_text(encoding="utf-8")
+            assert decoded[0].endswith("\n") and decoded[1].endswith("\n")
+            assert "valonly" not in corpus.vocab.tokens and "Ġvalonly" not in corpus.vocab.tokens
+        else:
+            assert "valonly" not in corpus.vocab.tokens and "testonly" not in corpus.vocab.tokens
+            assert "line0" in corpus.vocab.tokens and "<unk>" in decoded[1] and "<unk>" in decoded[2]
+        assert 0.85 < len(decoded[0]) / len(path.read_text(encoding="utf-8")) < 0.95
+        assert corpus.meta["split_fractions"] == [0.05, 0.05]
+        with pytest.raises(CorpusError, match="prepared with val/test fractions"):
+            corpus.splits(0.1, 0.05)
+
+
+def test_the_fractions_are_part_of_a_single_word_files_cache_key(ptb_folder, tmp_path):
+    path = ptb_folder / "ptb.valid.txt"
+    a = prepare_corpus(path, cache_dir=tmp_path, spec=TokenizerSpec("word"), fractions=(0.05, 0.05))
+    b = prepare_corpus(path, cache_dir=tmp_path, spec=TokenizerSpec("word"), fractions=(0.1, 0.1))
+    assert a.tokens.filename != b.tokens.filename
+    assert len(b.splits(0.1, 0.1).val) > len(a.splits(0.05, 0.05).val)
+    char_a = prepare_corpus(path, cache_dir=tmp_path, fractions=(0.05, 0.05))
+    char_b = prepare_corpus(path, cache_dir=tmp_path, fractions=(0.1, 0.1))
+    assert char_a.tokens.filename == char_b.tokens.filename  # a character corpus is cut when used
+
+
+def test_cut_points_never_split_a_character_without_line_breaks(tmp_path):
+    path = tmp_path / "oneline.txt"
+    path.write_text("é" * 5000, encoding="utf-8")  # no line break, no space: cut at a character boundary
+    corpus = prepare_corpus(path, cache_dir=tmp_path / "c", spec=TokenizerSpec("bpe", 300, 1))
+    splits = corpus.splits(0.05, 0.05)
+    assert all(len(s) for s in (splits.train, splits.val, splits.test))
+    assert corpus.vocab.decode(np.asarray(corpus.tokens)) == "é" * 5000
+
+
+def test_prepared_files_are_readable_by_others_as_the_umask_allows(text_file, tmp_path):
+    old = os.umask(0o022)
+    try:
+        corpus = prepare_corpus(text_file("abc abc\n" * 20), cache_dir=tmp_path / "cache")
+    finally:
+        os.umask(old)
+    folder = os.path.dirname(corpus.tokens.filename)
+    assert os.stat(folder).st_mode & 0o777 == 0o755
+
+
+def test_a_read_only_data_folder_is_left_alone_even_by_root(tmp_path, monkeypatch):
+    from rnnlab.data.corpus import default_cache_root
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "t.txt").write_text("abc", encoding="utf-8")
+    assert default_cache_root(folder / "t.txt") == folder / ".rnnlab_cache"
+    folder.chmod(0o555)
+    try:
+        assert default_cache_root(folder / "t.txt") == tmp_path / "xdg" / "rnnlab"
+    finally:
+        folder.chmod(0o755)

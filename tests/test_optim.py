@@ -57,7 +57,12 @@ def test_nt_asgd_trigger_is_non_monotone():
     from rnnlab.training.optim import nt_asgd_triggered
     assert not nt_asgd_triggered([3.0, 2.9, 2.8], interval=2)  # still improving
     assert not nt_asgd_triggered([3.0, 2.5, 2.6], interval=2)  # worse than the last, not than the best before
-    assert nt_asgd_triggered([3.0, 2.5, 2.6, 2.7], interval=2)  # worse than the best before the last 2
+    # AWD-LSTM: val_loss > min(best_val_loss[:-nonmono]), best_val_loss holding the earlier validations
+    assert not nt_asgd_triggered([3.0, 2.5, 2.6, 2.7], interval=2)  # 2.5 is one of the 2 before 2.7
+    assert nt_asgd_triggered([3.0, 2.5, 2.6, 2.7, 2.8], interval=2)  # worse than 2.5, from before the last 2
+    assert not nt_asgd_triggered([3.0, 2.5, 2.6, 2.7, 2.4], interval=2)  # improving again
+    assert not nt_asgd_triggered([3.0, 3.1], interval=1)  # len(previous) must exceed the interval
+    assert nt_asgd_triggered([3.0, 2.9, 3.1], interval=1)
 
 
 def test_weight_average_is_the_mean_of_the_iterates():

@@ -152,3 +152,64 @@ def test_lstm_only_regularizers_are_refused_elsewhere():
         ModelConfig(cell="qrnn", weight_drop_input=0.1).validate()
     with pytest.raises(ConfigError, match="dropout_last_input must be in"):
         ModelConfig(dropout_last_input=1.5).validate()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("awd", [dict(weight_drop=0.3), dict(dropout_hidden=0.2), dict(weight_drop_input=0.2)])
+def test_plain_dropout_between_layers_still_applies_with_awd_options(cell, awd):
+    """The per-layer path (taken for AWD options) must drop between layers as the fused call does."""
+    torch.manual_seed(0)
+    base = ModelConfig(cell=cell, num_layers=2, hidden_size=12, embedding_size=6, **awd)
+    without = RecurrentLM(ModelConfig(**{**base.__dict__, "dropout": 0.0}), 9)
+    with_dropout = RecurrentLM(ModelConfig(**{**base.__dict__, "dropout": 0.5}), 9)
+    with_dropout.load_state_dict(without.state_dict())
+    x = with_dropout.embed(torch.randint(0, 9, (3, 5)))
+    regularizers = without.train()._layer_regularizers()
+    torch.manual_seed(7)
+    a, _ = without.layers(x, None, **regularizers)
+    torch.manual_seed(7)
+    b, _ = with_dropout.train().layers(x, None, **regularizers)
+    assert not torch.allclose(a, b)
+    with_dropout.layers.dropout = 0.0  # the only difference between the two
+    torch.manual_seed(7)
+    c, _ = with_dropout.layers(x, None, **regularizers)
+    torch.testing.assert_close(a, c)
+
+
+def test_weight_drop_keeps_the_fused_kernel_and_trains_the_one_parameter(monkeypatch):
+    import rnnlab.models.cells as cells
+    _, model = twin_models(weight_drop=0.5)
+    model.train()
+    calls = {"lstm": 0, "stepwise": 0}
+    fused = torch.lstm
+
+    def counting_lstm(*args):
+        calls["lstm"] += 1
+        return fused(*args)
+
+    def stepwise(*args):
+        calls["stepwise"] += 1
+        raise AssertionError("the step-by-step path must not run for weight drop")
+
+    monkeypatch.setattr(torch, "lstm", counting_lstm)
+    monkeypatch.setattr(cells, "_lstm_with_candidate_dropout", stepwise)
+    masks = []
+    real_drop = cells.drop_connect
+
+    def recording_drop(weight, p, training):
+        dropped = real_drop(weight, p, training)
+        if p:
+            masks.append((dropped == 0).detach())
+        return dropped
+
+    monkeypatch.setattr(cells, "drop_connect", recording_drop)
+    tokens = torch.randint(0, 9, (3, 8))
+    _, loss, _ = model(tokens, targets=torch.randint(0, 9, (3, 8)))
+    loss.backward()
+    assert calls == {"lstm": 2, "stepwise": 0}  # one fused call per layer
+    names = dict(model.named_parameters())
+    assert isinstance(names["layers.weight_hh_l0"], torch.nn.Parameter)  # no monkeypatched raw weight
+    for layer, dropped in enumerate(masks):
+        grad = names[f"layers.weight_hh_l{layer}"].grad
+        assert dropped.any() and torch.all(grad[dropped] == 0)  # dropped connections get no gradient
+        assert grad[~dropped].abs().sum() > 0

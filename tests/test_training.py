@@ -161,6 +161,12 @@ def test_nt_asgd_switches_to_averaging_evaluates_with_it_and_resumes_exactly(tmp
     train(load_checkpoint(tmp_path / "b", prefer="last").config, resume=tmp_path / "b", progress_bar=False)
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert all(a[key] == b[key] for key in a if key[1] > 14)
+    # stopped at the very validation that switched averaging on (step 8): it resumes, exactly
+    train(tiny_config(tmp_path / "c", **kwargs), stop=StopAfter(8), progress_bar=False)
+    assert load_checkpoint(tmp_path / "c", prefer="last").trainer["averaging"]["count"] == 0
+    train(load_checkpoint(tmp_path / "c", prefer="last").config, resume=tmp_path / "c", progress_bar=False)
+    c = losses(tmp_path / "c")
+    assert all(a[key] == c[key] for key in a if key[1] > 8)
 
 
 @pytest.mark.parametrize("tokenizer", ["word", "bpe"])
@@ -193,3 +199,45 @@ def test_a_fine_tuned_word_run_resumes_on_its_model_vocabulary(tmp_path, ptb_fol
                    progress_bar=False)
     assert result.steps == 6
     assert load_checkpoint(tmp_path / "ft").vocab.tokens == load_checkpoint(tmp_path / "base").vocab.tokens
+
+
+def test_a_run_on_a_relative_path_resumes_from_another_folder(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "t.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 300, encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "data")
+    train(tiny_config(tmp_path / "ck", data="t.txt", max_steps=8, eval_every=4), stop=StopAfter(4),
+          progress_bar=False)
+    saved = load_checkpoint(tmp_path / "ck", prefer="last").config
+    assert saved.data.path == str(tmp_path / "data" / "t.txt")
+    monkeypatch.chdir(tmp_path)
+    assert train(saved, resume=tmp_path / "ck", progress_bar=False).steps == 8
+
+
+def learning_rates(folder):
+    return {r["step"]: r["lr"] for r in map(json.loads, open(folder / "log.jsonl")) if r["event"] == "train"}
+
+
+def test_the_plateau_schedule_decays_after_flat_validations_and_resumes_on_the_same_rate(tmp_path, monkeypatch):
+    import rnnlab.training.loop as loop
+    from rnnlab.evaluation import EvalResult
+    monkeypatch.setattr(loop, "evaluate_tokens", lambda *a, **k: EvalResult(2.0 * 100, 100))  # a flat val loss
+    kwargs = dict(max_steps=12, eval_every=3, log_every=1, schedule="plateau", patience=1, decay_rate=0.5,
+                  learning_rate=0.01)
+    train(tiny_config(tmp_path / "a", **kwargs), progress_bar=False)
+    rates = learning_rates(tmp_path / "a")
+    # validations at steps 3, 6, 9: the first sets the best, each later one without improvement halves the rate
+    assert [rates[s] for s in (1, 3, 4, 6, 7, 9, 10, 12)] == pytest.approx(
+        [0.01, 0.01, 0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025])
+    train(tiny_config(tmp_path / "b", **kwargs), stop=StopAfter(7), progress_bar=False)
+    train(load_checkpoint(tmp_path / "b", prefer="last").config, resume=tmp_path / "b", progress_bar=False)
+    resumed = learning_rates(tmp_path / "b")
+    assert all(resumed[s] == rates[s] for s in rates)
+
+
+def test_the_cosine_schedule_runs_from_the_peak_to_its_floor(tmp_path):
+    train(tiny_config(tmp_path, max_steps=20, eval_every=20, log_every=1, schedule="cosine", min_lr_frac=0.1,
+                      learning_rate=0.01, warmup_steps=0), progress_bar=False)
+    rates = learning_rates(tmp_path)
+    assert rates[1] == pytest.approx(0.01)
+    assert rates[20] == pytest.approx(0.001 + 0.5 * 0.009 * (1 + math.cos(math.pi * 19 / 20)))
+    assert rates[20] < 0.00106 and all(rates[s] >= rates[s + 1] for s in range(1, 20))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -44,7 +45,10 @@ log = logging.getLogger("rnnlab")
 # (the stop limits only move where the run ends; the cosine schedule follows the new horizon).
 RESUME_ADJUSTABLE = {"max_epochs", "max_steps", "max_minutes", "device", "threads", "eval_every", "log_every",
                      "keep_last", "sample_length", "path", "cache_dir", "checkpoint_dir"}
-ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size")
+# Model settings that shape the weights: a run started --init-from a checkpoint keeps that checkpoint's.
+# Every other model setting (dropouts, weight drop, AR/TAR) may change; unless given, it is the checkpoint's.
+ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size", "qrnn_window", "qrnn_pooling",
+                "architecture", "dense_size", "head", "tie_weights", "adaptive_cutoffs", "mos_experts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,16 +219,20 @@ def _resume_config(checkpoint: str, overrides: dict, config_file: str | None) ->
 def _init_from_config(checkpoint: str, overrides: dict, config_file: str | None) -> RunConfig:
     from rnnlab.training.checkpoint import load_checkpoint
 
-    saved = load_checkpoint(checkpoint, weights_only=True).config.model
-    config = build_run_config(config_file, overrides)
-    given = {**(load_toml(config_file).get("model", {}) if config_file else {}), **overrides.get("model", {})}
-    clash = [k for k in ARCHITECTURE if k in given and given[k] != getattr(saved, k)]
+    saved = load_checkpoint(checkpoint, weights_only=True).config
+    preset = load_toml(config_file) if config_file else {}
+    given = {section: {**preset.get(section, {}), **overrides.get(section, {})} for section in ("model", "data")}
+    clash = [k for k in ARCHITECTURE if k in given["model"] and given["model"][k] != getattr(saved.model, k)]
     if clash:
         raise ConfigError(f"--init-from keeps the checkpoint's architecture; it has "
-                          f"{', '.join(f'{k}={getattr(saved, k)}' for k in clash)}")
-    config.model = ModelConfig(**{**saved.__dict__, "dropout": given.get("dropout", saved.dropout)})
-    config.validate()
-    return config
+                          f"{', '.join(f'{k}={getattr(saved.model, k)}' for k in clash)}")
+    vocabulary = [k for k in ("vocab_size", "min_count") if k in given["data"]]
+    if vocabulary:
+        raise ConfigError(f"--init-from keeps the checkpoint's vocabulary; drop "
+                          f"{' and '.join('--' + k.replace('_', '-') for k in vocabulary)}")
+    # the checkpoint's model and tokenizer stand in for the defaults; the preset and flags go on top
+    return build_run_config(config_file, overrides,
+                            defaults={"model": saved.model.__dict__, "data": {"tokenizer": saved.data.tokenizer}})
 
 
 def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
@@ -317,8 +325,10 @@ def cmd_eval(args) -> int:
 
     if args.batch_size <= 0 or args.seq_length < 0 or args.burn_in < 0:
         raise ConfigError("--batch-size must be > 0, --seq-length and --burn-in >= 0")
-    if args.dynamic and (args.dynamic_lr <= 0 or not 0 <= args.dynamic_decay < 1 or args.burn_in):
-        raise ConfigError("--dynamic needs --dynamic-lr > 0 and --dynamic-decay in [0, 1), without --burn-in")
+    if args.dynamic and (not (args.dynamic_lr > 0 and math.isfinite(args.dynamic_lr))
+                         or not 0 <= args.dynamic_decay < 1 or args.burn_in):
+        raise ConfigError("--dynamic needs --dynamic-lr > 0 (finite) and --dynamic-decay in [0, 1), without "
+                          "--burn-in")
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
     device = select_device(args.device)
     model = ckpt.build_model(device)
@@ -471,7 +481,9 @@ def cmd_prepare(args) -> int:
     kind = corpus.vocab.kind
     unit = {"char": "characters", "word": "words", "bpe": "BPE tokens"}[kind]
     sizes = f"train {len(splits.train):,} / val {len(splits.val):,} / test {len(splits.test):,}"
-    if meta.get("split_tokens"):
+    if meta.get("split_fractions"):
+        sizes += " (cut at line breaks; the vocabulary is learned from train)"
+    elif meta.get("split_tokens"):
         sizes += " (the files' own split)"
     print(f"source: {meta['source']}\ncharacters: {meta.get('characters', meta['tokens']):,}\n"
           f"tokens: {meta['tokens']:,} ({kind})\nvocabulary: {meta['vocab_size']:,} {unit} ({meta['dtype']} ids)\n"

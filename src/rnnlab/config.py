@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rnnlab.errors import ConfigError
+
+log = logging.getLogger("rnnlab")
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,6 +160,8 @@ class ModelConfig:
             raise ConfigError(f"adaptive_cutoffs must be integers like 2000,10000; got "
                               f"{self.adaptive_cutoffs!r}") from None
         if vocab_size is None:
+            if any(b <= a for a, b in zip(given[:-1], given[1:], strict=True)) or (given and given[0] < 1):
+                raise ConfigError(f"adaptive cutoffs {given} must be positive and increasing")
             return given
         cutoffs = given or sorted({max(1, vocab_size // 10), max(2, vocab_size // 3)})
         if any(b <= a for a, b in zip(cutoffs[:-1], cutoffs[1:], strict=True)) or cutoffs[0] < 1 \
@@ -198,8 +203,8 @@ class TrainConfig:
                              "validation stops improving (non-monotonically triggered)",
                              choices=("adam", "adamw", "amsgrad", "rmsprop", "sgd", "adagrad", "adadelta",
                                       "nt-asgd"))
-    nt_asgd_interval: int = setting(5, "nt-asgd: average once val loss is worse than the best of all but the last N "
-                                       "validations")
+    nt_asgd_interval: int = setting(5, "nt-asgd: average once val loss is worse than the best of all earlier "
+                                       "validations but the N just before it (AWD-LSTM's nonmono)")
     weight_decay: float = setting(0.0, "L2 penalty (decoupled for adamw)")
     momentum: float = setting(0.9, "momentum of sgd (Nesterov)")
     schedule: str = setting(
@@ -467,7 +472,8 @@ def scheme_settings(scheme: int) -> dict:
             **SCHEMES[scheme]}
 
 
-def build_run_config(config_file: str | None, overrides: dict) -> RunConfig:
+def build_run_config(config_file: str | None, overrides: dict, defaults: dict | None = None) -> RunConfig:
+    """Dataclass defaults < `defaults` (e.g. a checkpoint's model) < the TOML file < `overrides` (flags)."""
     raw = load_toml(config_file) if config_file else {}
     unknown = sorted(set(raw) - set(_sections(RunConfig)))
     if unknown:
@@ -479,9 +485,54 @@ def build_run_config(config_file: str | None, overrides: dict) -> RunConfig:
     presets = {"train": scheme_settings(scheme)}
     if explicit.get("model", {}).get("architecture") == "paper":
         presets = merge(presets, PAPER_ARCHITECTURE)
-    config = RunConfig.from_dict(merge(presets, explicit))
+    config = RunConfig.from_dict(merge(merge(presets, defaults or {}), explicit))
     config.validate()
+    for message in unused_settings(config, explicit):
+        log.warning("warning: %s", message)
     return config
+
+
+# (section, setting) -> (is it used by this config?, what it needs): settings that only matter with
+# another choice, so a user who sets one without it hears so instead of silently getting nothing.
+_NEEDS: dict[tuple[str, str], tuple[Callable[[RunConfig], bool], str]] = {
+    ("model", "qrnn_window"): (lambda c: c.model.cell == "qrnn", "--cell qrnn"),
+    ("model", "qrnn_pooling"): (lambda c: c.model.cell == "qrnn", "--cell qrnn"),
+    ("model", "adaptive_cutoffs"): (lambda c: c.model.head == "adaptive", "--head adaptive"),
+    ("model", "mos_experts"): (lambda c: c.model.head == "mos", "--head mos"),
+    ("model", "dense_size"): (lambda c: c.model.architecture == "paper", "--architecture paper"),
+    ("model", "dropout_hidden"): (lambda c: c.model.num_layers > 1, "--num-layers 2 or more"),
+    ("model", "dropout_last_input"): (lambda c: c.model.num_layers > 1, "--num-layers 2 or more"),
+    ("train", "momentum"): (lambda c: c.train.optimizer == "sgd", "--optimizer sgd"),
+    ("train", "nt_asgd_interval"): (lambda c: c.train.optimizer == "nt-asgd", "--optimizer nt-asgd"),
+    ("train", "cycle_steps"): (lambda c: c.train.schedule == "cyclic", "--schedule cyclic"),
+    ("train", "patience"): (lambda c: c.train.schedule == "plateau", "--schedule plateau"),
+    ("train", "decay_after"): (lambda c: c.train.schedule == "char-rnn", "--schedule char-rnn"),
+    ("train", "decay_rate"): (lambda c: c.train.schedule in ("char-rnn", "plateau"),
+                              "--schedule char-rnn or plateau"),
+    ("train", "min_lr_frac"): (lambda c: c.train.schedule in ("cosine", "cyclic"), "--schedule cosine or cyclic"),
+    ("train", "k3"): (lambda c: c.train.loss_positions == "last-k", "--loss-positions last-k"),
+    ("data", "val_frac"): (lambda c: not c.data.val_file, "a single corpus file (not --val-file)"),
+    ("data", "test_frac"): (lambda c: not c.data.val_file, "a single corpus file (not --val-file)"),
+}
+
+
+def unused_settings(config: RunConfig, explicit: dict) -> list[str]:
+    """Messages for settings given explicitly (flags or TOML) that this config never reads."""
+    messages = []
+    for (section, name), (used, needs) in _NEEDS.items():
+        if name in explicit.get(section, {}) and not used(config):
+            messages.append(f"{_flag(section, name)} has no effect here: it needs {needs}")
+    if config.model.head == "adaptive" and config.data.tokenizer != "word":
+        messages.append(f"--head adaptive puts the lowest ids in its cheapest cluster, which assumes ids sorted by "
+                        f"frequency (word vocabularies are); {config.data.tokenizer} ids are not, so its clusters "
+                        f"are arbitrary: prefer --head softmax")
+    return messages
+
+
+def _flag(section: str, name: str) -> str:
+    section_type = _sections(RunConfig)[section]
+    metadata = next(f.metadata for f in dataclasses.fields(section_type) if f.name == name)
+    return "--" + (metadata.get("flag") or name).replace("_", "-")
 
 
 def build_section(section_type: type, overrides: dict) -> Any:
@@ -495,7 +546,8 @@ def _check_choices(config: Any) -> None:
     for f in dataclasses.fields(config):
         choices = f.metadata.get("choices")
         if choices and getattr(config, f.name) not in choices:
-            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(config, f.name)!r}")
+            allowed = ", ".join(map(str, choices))
+            raise ConfigError(f"{f.name} must be one of {allowed}; got {getattr(config, f.name)!r}")
 
 
 def _check_seed(seed: int) -> None:

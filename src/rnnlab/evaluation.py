@@ -9,13 +9,14 @@ is predicted exactly once. Only the first token of each column is predicted with
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from rnnlab.errors import CorpusError
+from rnnlab.errors import ConfigError, CorpusError
 
 LN2 = math.log(2.0)
 
@@ -143,25 +144,32 @@ def dynamic_evaluate(model, tokens: np.ndarray, seq_length: int = 50, learning_r
     n = len(tokens)
     if n < 2:
         raise CorpusError("evaluation needs at least two tokens")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)) or not 0 <= decay < 1:
+        raise ConfigError(f"dynamic evaluation needs a learning rate > 0 and a decay in [0, 1); got {learning_rate} "
+                          f"and {decay}")
     was_training = model.training
     model.eval()  # no dropout: the adaptation is to the text, not to noise
     params = [p for p in model.parameters() if p.requires_grad]
     original = [p.detach().clone() for p in params]
     total, state = 0.0, None
+    # cuDNN's fused RNN backward runs only in training mode; PyTorch's own CUDA kernels run in either
+    kernels = torch.backends.cudnn.flags(enabled=False) if torch.device(device).type == "cuda" \
+        else contextlib.nullcontext()
     try:
-        for begin in range(0, n - 1, seq_length):
-            window = tokens[begin:min(begin + seq_length, n - 1) + 1][None, :]
-            ids = torch.from_numpy(np.asarray(window, dtype=np.int64)).to(device)
-            _, loss, state = model(ids[:, :-1], state, ids[:, 1:])
-            total += float(loss.detach()) * ids[:, 1:].numel()
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            with torch.no_grad():
-                for p, p0 in zip(params, original, strict=True):
-                    if p.grad is not None:
-                        p.add_(p.grad, alpha=-learning_rate)
-                    p.add_(p0 - p, alpha=decay)
-            state = tuple(s.detach() for s in state)
+        with kernels:
+            for begin in range(0, n - 1, seq_length):
+                window = tokens[begin:min(begin + seq_length, n - 1) + 1][None, :]
+                ids = torch.from_numpy(np.asarray(window, dtype=np.int64)).to(device)
+                _, loss, state = model(ids[:, :-1], state, ids[:, 1:])
+                total += float(loss.detach()) * ids[:, 1:].numel()
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                with torch.no_grad():
+                    for p, p0 in zip(params, original, strict=True):
+                        if p.grad is not None:
+                            p.add_(p.grad, alpha=-learning_rate)
+                        p.add_(p0 - p, alpha=decay)
+                state = tuple(s.detach() for s in state)
         return EvalResult(total, n - 1, scored_characters(char_lengths, 1))
     finally:
         with torch.no_grad():

@@ -48,8 +48,9 @@ def test_eval_json_keys_and_values(tmp_path, capsys, trained_checkpoint):
     assert "bits per character" in out and "perplexity" in out
     code, out, _ = run(capsys, "eval", trained_checkpoint, text, "--dynamic", "--dynamic-lr", "0.1", "--json")
     assert code == 0 and json.loads(out)["characters"] == report["characters"]
-    code, _, err = run(capsys, "eval", trained_checkpoint, text, "--dynamic", "--dynamic-lr", "0")
-    assert code == 1 and "--dynamic needs" in err
+    for bad in (("--dynamic-lr", "0"), ("--dynamic-lr", "nan"), ("--dynamic-lr", "inf"), ("--dynamic-decay", "nan")):
+        code, _, err = run(capsys, "eval", trained_checkpoint, text, "--dynamic", *bad)
+        assert code == 1 and "--dynamic needs" in err, bad
 
 
 def test_sample_is_reproducible_and_supports_every_option(capsys, trained_checkpoint):
@@ -221,3 +222,24 @@ def test_resume_through_the_cli_continues_the_run(tmp_path, capsys):
     assert code == 0, err
     assert "resuming" in err and "done after 20 steps" in out
     assert load_checkpoint(folder, prefer="last").trainer["progress"]["step"] == 20
+
+
+def test_init_from_takes_new_regularizers_and_keeps_the_architecture(tmp_path, capsys, trained_checkpoint):
+    common = ["--max-steps", 4, "--eval-every", 4, "--batch-size", 8, "--seq-length", 32, "--sample-length", 0,
+              "--no-progress"]
+    code, _, err = run(capsys, "train", "--init-from", trained_checkpoint, *common, "--checkpoint-dir",
+                       tmp_path / "a", "--weight-drop", 0.3, "--dropout-hidden", 0.2, "--ar", 1.0, "--dropout", 0.0)
+    assert code == 0, err
+    model = load_checkpoint(tmp_path / "a").config.model
+    assert (model.weight_drop, model.dropout_hidden, model.activation_regularization, model.dropout) == \
+        (0.3, 0.2, 1.0, 0.0)
+    assert model.hidden_size == load_checkpoint(trained_checkpoint).config.model.hidden_size
+    for flags, what in ((["--head", "adaptive"], "head=softmax"), (["--tie-weights"], "tie_weights=False"),
+                        (["--cell", "gru"], "cell=lstm")):
+        code, _, err = run(capsys, "train", "--init-from", trained_checkpoint, *common, *flags,
+                           "--checkpoint-dir", tmp_path / "b")
+        assert code == 1 and "keeps the checkpoint's architecture; it has " + what in err, err
+    code, _, err = run(capsys, "train", "--init-from", trained_checkpoint, *common, "--state", "learned",
+                       "--checkpoint-dir", tmp_path / "c")  # adds h0/c0 (from zero) to the checkpoint's weights
+    assert code == 0, err
+    assert "initial_state.0" in load_checkpoint(tmp_path / "c").model_state

@@ -58,8 +58,15 @@ def test_fine_tuning_a_word_model_reads_new_text_with_its_vocabulary(capsys, ptb
     assert code == 0, err
     assert load_checkpoint(tmp_path / "tuned").vocab.tokens == load_checkpoint(folder).vocab.tokens
     code, _, err = run(capsys, "train", new_text, "--init-from", folder, *TINY, "--max-steps", 3,
-                       "--checkpoint-dir", tmp_path / "t2")
+                       "--checkpoint-dir", tmp_path / "t2", "--sample-length", 0)  # the checkpoint's tokenizer
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "t2").vocab.tokens == load_checkpoint(folder).vocab.tokens
+    code, _, err = run(capsys, "train", new_text, "--init-from", folder, *TINY, "--max-steps", 3,
+                       "--checkpoint-dir", tmp_path / "t3", "--tokenizer", "char")
     assert code == 1 and "train it with --tokenizer word" in err
+    code, _, err = run(capsys, "train", new_text, "--init-from", folder, *TINY, "--max-steps", 3,
+                       "--checkpoint-dir", tmp_path / "t4", "--vocab-size", 50)
+    assert code == 1 and "keeps the checkpoint's vocabulary; drop --vocab-size" in err
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -78,7 +78,7 @@ def too_small_message(n_tokens: int, batch_size: int, seq_length: int, split_nam
     if fit_seq >= 1:
         hint.append(f"--seq-length {fit_seq}")
     suggestion = f"; settings that would fit: {' or '.join(hint)}" if hint else "; use a larger text file"
-    return (f"the {split_name} split has {n_tokens} characters, fewer than batch_size x seq_length + 1 = "
+    return (f"the {split_name} split has {n_tokens} tokens, fewer than batch_size x seq_length + 1 = "
             f"{batch_size * seq_length + 1}{suggestion}")
 
 

@@ -9,7 +9,9 @@ characters of text each token covers, so losses can be reported in bits per char
 The cache folder is written under a temporary name and renamed, so it is never half-written.
 
 A corpus is one file split by fractions (train, then val, then test at the end), or separate
-train/valid/test files (PTB, WikiText), whose own split is kept.
+train/valid/test files (PTB, WikiText), whose own split is kept. A single file read as words or
+BPE is cut into its three parts when it is prepared, at line breaks, so that the vocabulary is
+learned from the training part alone; a character corpus is cut when it is used.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -80,6 +84,15 @@ class CorpusFiles:
         return [p for p in (self.train, self.val, self.test) if p is not None]
 
 
+@dataclass(frozen=True)
+class TextPart:
+    """Bytes [start, end) of a text file (end None: to the end); cuts fall between characters."""
+
+    path: Path
+    start: int = 0
+    end: int | None = None
+
+
 @dataclass
 class PreparedCorpus:
     tokens: np.ndarray  # a read-only memmap of ids
@@ -90,6 +103,10 @@ class PreparedCorpus:
     def splits(self, val_frac: float, test_frac: float) -> Splits:
         """Separate files keep their own split; one file is cut contiguously: train, then val, then test."""
         n = len(self.tokens)
+        cut_at = self.meta.get("split_fractions")
+        if cut_at and not (math.isclose(cut_at[0], val_frac) and math.isclose(cut_at[1], test_frac)):
+            raise CorpusError(f"this corpus was prepared with val/test fractions {cut_at[0]}/{cut_at[1]}, not "
+                              f"{val_frac}/{test_frac}")
         if self.meta.get("split_tokens"):
             n_train, n_val, _ = self.meta["split_tokens"]
         else:
@@ -157,17 +174,20 @@ def resolve_corpus_files(path: str | os.PathLike | None, val_path: str | os.Path
     return CorpusFiles(roles["train"][0], roles["val"][0], roles["test"][0] if roles["test"] else None)
 
 
-def read_text_chunks(path: Path, read_bytes: int = READ_BYTES) -> Iterator[str]:
-    """Decode a file as strict UTF-8, chunk by chunk; errors name the failing byte offset."""
+def read_text_chunks(path: Path, read_bytes: int = READ_BYTES, start: int = 0, end: int | None = None
+                     ) -> Iterator[str]:
+    """Decode a file (or its bytes [start, end)) as strict UTF-8, chunk by chunk; errors name the
+    failing byte offset."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    offset = 0
+    offset = start
     try:
         handle = open(path, "rb")
     except OSError as exc:
         raise CorpusError(f"cannot read {path}: {exc.strerror}") from None
     with handle:
+        handle.seek(start)
         while True:
-            raw = handle.read(read_bytes)
+            raw = handle.read(read_bytes if end is None else max(0, min(read_bytes, end - offset)))
             final = not raw
             nul = raw.find(b"\x00")
             if nul >= 0:
@@ -185,11 +205,12 @@ def read_text_chunks(path: Path, read_bytes: int = READ_BYTES) -> Iterator[str]:
                 return
 
 
-def read_line_chunks(path: Path, read_bytes: int = READ_BYTES) -> Iterator[str]:
+def read_line_chunks(path: Path, read_bytes: int = READ_BYTES, start: int = 0, end: int | None = None
+                     ) -> Iterator[str]:
     """Like read_text_chunks, but every chunk but the last ends at a line break, so word and BPE
     tokenizers never see a word cut in two. (A line longer than 16 chunks is cut at whitespace.)"""
     carry = ""
-    for text in read_text_chunks(path, read_bytes):
+    for text in read_text_chunks(path, read_bytes, start, end):
         text = carry + text
         cut = text.rfind("\n") + 1
         if not cut and len(text) > 16 * read_bytes:
@@ -201,8 +222,40 @@ def read_line_chunks(path: Path, read_bytes: int = READ_BYTES) -> Iterator[str]:
         yield carry
 
 
-def corpus_digest(files: CorpusFiles, spec: TokenizerSpec) -> str:
-    """A hash of the text and of how it is tokenized (a single char-level file: of its bytes alone)."""
+def text_parts(files: CorpusFiles, kind: str, fractions: tuple[float, float]) -> list[TextPart]:
+    """The pieces a corpus is encoded from, in order: separate files as they are; a single word or BPE
+    file cut into train, val and test at the first line break after each fraction of its bytes (its
+    vocabulary must be learned from the training part alone); a single char file whole (cut later)."""
+    if files.separate:
+        return [TextPart(p) for p in files.all()]
+    if kind == "char":
+        return [TextPart(files.train)]
+    size = files.train.stat().st_size
+    val_frac, test_frac = fractions
+    with open(files.train, "rb") as handle:
+        first = _break_after(handle, int(size * (1.0 - val_frac - test_frac)), size)
+        second = max(first, _break_after(handle, int(size * (1.0 - test_frac)), size))
+    return [TextPart(files.train, 0, first), TextPart(files.train, first, second), TextPart(files.train, second)]
+
+
+def _break_after(handle, offset: int, size: int, look: int = 1 << 16) -> int:
+    """The byte offset just after the first line break at or after `offset` (within `look` bytes; else
+    after whitespace, else the next character boundary), so a cut never splits a word or a character."""
+    if offset <= 0 or offset >= size:
+        return min(max(offset, 0), size)
+    handle.seek(offset)
+    ahead = handle.read(look)
+    for separators in (b"\n", b" \t\r"):
+        found = [i for i in (ahead.find(bytes([c])) for c in separators) if i >= 0]
+        if found:
+            return offset + min(found) + 1
+    continuation = next((i for i, byte in enumerate(ahead) if byte & 0xC0 != 0x80), len(ahead))
+    return offset + continuation
+
+
+def corpus_digest(files: CorpusFiles, spec: TokenizerSpec, fractions: tuple[float, float] | None = None) -> str:
+    """A hash of the text and of how it is tokenized (a single char-level file: of its bytes alone;
+    a single word or BPE file: also of the fractions it is cut at)."""
     digest = hashlib.blake2b(digest_size=16)
     for number, path in enumerate(files.all()):
         if number:
@@ -212,6 +265,8 @@ def corpus_digest(files: CorpusFiles, spec: TokenizerSpec) -> str:
                 digest.update(block)
     if files.separate or spec.kind != "char":
         digest.update(f"\x00{'split' if files.separate else 'one'}\x00{spec.key()}".encode())
+    if fractions is not None and not files.separate and spec.kind != "char":
+        digest.update(f"\x00fractions {fractions[0]!r} {fractions[1]!r}".encode())
     return digest.hexdigest()
 
 
@@ -220,27 +275,49 @@ def file_digest(path: Path) -> str:
 
 
 def default_cache_root(text_path: Path) -> Path:
-    if text_path == embedded_corpus_path() or not os.access(text_path.parent, os.W_OK):
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        return base / "rnnlab"
-    return text_path.parent / ".rnnlab_cache"
+    """.rnnlab_cache beside the text when its folder is ours to write in, else the user's cache.
+    (Ownership and the owner's write bit, not just access(): root may write anywhere, but should not
+    litter a read-only data folder it was only pointed at.)"""
+    folder = text_path.parent
+    beside = folder / ".rnnlab_cache"
+    if text_path != embedded_corpus_path() and (beside.is_dir() or _owned_and_writable(folder)):
+        return beside
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rnnlab"
+
+
+def _owned_and_writable(folder: Path) -> bool:
+    try:
+        info = folder.stat()
+        return info.st_uid == os.geteuid() and bool(info.st_mode & stat.S_IWUSR) and os.access(folder, os.W_OK)
+    except (OSError, AttributeError):  # AttributeError: no geteuid (Windows)
+        return os.access(folder, os.W_OK)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def prepare_corpus(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                    read_bytes: int = READ_BYTES, spec: TokenizerSpec | None = None,
                    val_path: str | os.PathLike | None = None,
-                   test_path: str | os.PathLike | None = None, vocab: Vocab | None = None) -> PreparedCorpus:
+                   test_path: str | os.PathLike | None = None, vocab: Vocab | None = None,
+                   fractions: tuple[float, float] = (0.05, 0.05)) -> PreparedCorpus:
     """Prepare (or reuse) the token file of a text corpus and open it as a memmap.
 
     With `vocab` (a model's own, to fine-tune it on new text), the text is encoded with that
-    vocabulary instead of one built from it."""
+    vocabulary instead of one built from it. `fractions` (val, test) cut a single word or BPE file
+    (see text_parts); a character corpus is cut by PreparedCorpus.splits."""
     spec = spec or TokenizerSpec()
     files = resolve_corpus_files(path, val_path, test_path)
     for file in files.all():
         if file.stat().st_size == 0:
             raise CorpusError(f"{file} is empty")
     root = Path(cache_dir) if cache_dir else default_cache_root(files.train)
-    digest = corpus_digest(files, spec)
+    kind = vocab.kind if vocab is not None else spec.kind
+    fractions = (float(fractions[0]), float(fractions[1]))
+    digest = corpus_digest(files, spec if vocab is None else TokenizerSpec(kind), fractions)
     if vocab is not None:
         spec = TokenizerSpec(vocab.kind, len(vocab))
         given = json.dumps(vocab.to_dict(), sort_keys=True).encode()
@@ -251,14 +328,14 @@ def prepare_corpus(path: str | os.PathLike | None = None, cache_dir: str | os.Pa
             return open_prepared(target)
         except (OSError, ValueError, KeyError, RnnlabError):  # a damaged cache entry: prepare it again
             shutil.rmtree(target, ignore_errors=True)
-    _write_prepared(files, spec, digest, target, read_bytes, vocab)
+    _write_prepared(files, spec, digest, target, read_bytes, vocab, fractions)
     return open_prepared(target)
 
 
 def prepare_from_config(data, vocab: Vocab | None = None) -> PreparedCorpus:
     """prepare_corpus with the settings of a DataConfig (and, optionally, a model's vocabulary)."""
     return prepare_corpus(data.path, data.cache_dir, spec=tokenizer_spec(data), val_path=data.val_file,
-                          test_path=data.test_file, vocab=vocab)
+                          test_path=data.test_file, vocab=vocab, fractions=(data.val_frac, data.test_frac))
 
 
 def tokenizer_spec(data) -> TokenizerSpec:
@@ -283,24 +360,29 @@ def _open_array(file: Path, dtype: np.dtype, count: int) -> np.ndarray:
 
 
 def _write_prepared(files: CorpusFiles, spec: TokenizerSpec, digest: str, target: Path, read_bytes: int,
-                    vocab: Vocab | None = None) -> None:
-    vocab = vocab or build_vocabulary(files, spec, read_bytes)
+                    vocab: Vocab | None, fractions: tuple[float, float]) -> None:
+    parts = text_parts(files, vocab.kind if vocab is not None else spec.kind, fractions)
+    vocab = vocab or build_vocabulary(files, spec, read_bytes, train_part=parts[0])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".preparing-", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would keep a shared cache from other users
     try:
         dtype = token_dtype(len(vocab))
         lengths_file = staging / "lengths.bin" if vocab.kind != "char" else None
-        counts = _encode_files(files, vocab, staging / "tokens.bin", lengths_file, read_bytes)
+        counts = _encode_parts(parts, vocab, staging / "tokens.bin", lengths_file, read_bytes)
         if counts[0][0] == 0:
-            raise CorpusError(f"{files.train} holds no tokens")
+            raise CorpusError(f"{files.train} holds no tokens" + ("" if len(parts) == 1 or files.separate else
+                                                                  " in its training part"))
         (staging / "vocab.json").write_text(json.dumps(vocab.to_dict(), ensure_ascii=False), encoding="utf-8")
         meta = {"format": PREPARED_FORMAT, "source": " + ".join(str(p) for p in files.all()), "blake2b": digest,
                 "tokens": sum(n for n, _ in counts), "characters": sum(c for _, c in counts),
                 "dtype": dtype.name, "vocab_size": len(vocab), "tokenizer": vocab.kind,
                 "vocab_cap": spec.vocab_size, "min_count": spec.min_count}
-        if files.separate:
+        if len(parts) > 1:
             meta["split_tokens"] = [n for n, _ in counts] + [0] * (3 - len(counts))
             meta["split_characters"] = [c for _, c in counts] + [0] * (3 - len(counts))
+        if len(parts) > 1 and not files.separate:
+            meta["split_fractions"] = list(fractions)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         try:
             os.rename(staging, target)
@@ -313,22 +395,26 @@ def _write_prepared(files: CorpusFiles, spec: TokenizerSpec, digest: str, target
         raise
 
 
-def build_vocabulary(files: CorpusFiles, spec: TokenizerSpec, read_bytes: int = READ_BYTES) -> Vocab:
+def build_vocabulary(files: CorpusFiles, spec: TokenizerSpec, read_bytes: int = READ_BYTES,
+                     train_part: TextPart | None = None) -> Vocab:
     """The vocabulary of a corpus, in one streaming pass. Characters come from every file (a
     character first seen in the test text would otherwise be unencodable); words and BPE merges
-    are learned from the training text only, and anything else they meet becomes <unk> or bytes."""
+    are learned from the training text only (`train_part`: the training file, or the training part
+    of a single file), and anything else they meet becomes <unk> or bytes."""
     if spec.kind == "char":
         return scan_vocabulary(files.all(), read_bytes)[0]
+    part = train_part or TextPart(files.train)
     if spec.kind == "word":
         counts = None
-        for text in read_line_chunks(files.train, read_bytes):
+        for text in read_line_chunks(part.path, read_bytes, part.start, part.end):
             chunk = count_words(text)
             counts = chunk if counts is None else counts + chunk
         if not counts:
-            raise CorpusError(f"{files.train} holds no words")
+            raise CorpusError(f"{files.train} holds no words" + ("" if part.end is None else " in its training part"))
         return WordVocab.from_counts(counts, spec.vocab_size, spec.min_count)
     if spec.kind == "bpe":
-        return BpeVocab.train(read_line_chunks(files.train, read_bytes), spec.vocab_size, spec.min_count)
+        return BpeVocab.train(read_line_chunks(part.path, read_bytes, part.start, part.end), spec.vocab_size,
+                              spec.min_count)
     raise CorpusError(f"unknown tokenizer {spec.kind!r}")
 
 
@@ -356,7 +442,7 @@ class EncodedFile:
 def encode_file_to_memmap(text_path: Path, vocab: Vocab, folder: Path, read_bytes: int = READ_BYTES) -> EncodedFile:
     """Encode any text file with an existing vocabulary into memmaps in `folder` (used by evaluation)."""
     lengths_file = folder / "lengths.bin" if vocab.kind != "char" else None
-    [(count, characters)] = _encode_files(CorpusFiles(text_path), vocab, folder / "tokens.bin", lengths_file,
+    [(count, characters)] = _encode_parts([TextPart(text_path)], vocab, folder / "tokens.bin", lengths_file,
                                           read_bytes)
     if count == 0:
         raise CorpusError(f"{text_path} holds no tokens")
@@ -365,16 +451,16 @@ def encode_file_to_memmap(text_path: Path, vocab: Vocab, folder: Path, read_byte
     return EncodedFile(tokens, lengths, characters)
 
 
-def _encode_files(files: CorpusFiles, vocab: Vocab, destination: Path, lengths_file: Path | None,
+def _encode_parts(parts: list[TextPart], vocab: Vocab, destination: Path, lengths_file: Path | None,
                   read_bytes: int) -> list[tuple[int, int]]:
-    """Append the ids (and, for word/BPE, the per-token character counts) of every file, chunk by
-    chunk; returns (tokens, characters) per file."""
+    """Append the ids (and, for word/BPE, the per-token character counts) of every part, chunk by
+    chunk; returns (tokens, characters) per part."""
     counts = []
     chunks = read_text_chunks if vocab.kind == "char" else read_line_chunks
     with open(destination, "wb") as ids_out, open(lengths_file or os.devnull, "wb") as lengths_out:
-        for path in files.all():
+        for part in parts:
             tokens = characters = 0
-            for text in chunks(path, read_bytes):
+            for text in chunks(part.path, read_bytes, part.start, part.end):
                 ids, lengths = vocab.encode_with_lengths(text) if lengths_file else (vocab.encode(text), None)
                 ids_out.write(ids.tobytes())
                 if lengths is not None:

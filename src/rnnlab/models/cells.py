@@ -95,8 +95,10 @@ class RecurrentStack(nn.Module):
             else:
                 x, layer_state = self._fused(x, layer_state, [w_ih, w_hh, b_ih, b_hh], 1, 0.0)
             finals.append(layer_state)
-            if layer + 1 < self.num_layers and between is not None:
-                x = between(x, layer + 1)
+            if layer + 1 < self.num_layers:
+                x = nn.functional.dropout(x, self.dropout, self.training)  # what the all-layer call applies
+                if between is not None:
+                    x = between(x, layer + 1)
         return x, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
 
     def _fused(self, x, state: State, weights, num_layers: int, dropout: float) -> tuple[torch.Tensor, State]:

@@ -99,11 +99,12 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        # mkstemp makes 0600 files (and a writer may recreate the file): give the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -155,6 +156,7 @@ def load_checkpoint(path: str | os.PathLike, prefer: str = "best", weights_only:
     document = migrate(document, file)
     try:
         config = RunConfig.from_dict(document["config"])
+        config.validate()  # a hand-edited or damaged config must fail here, in one line, not deep in a model
         vocab = vocab_from_dict(document["vocab"])
     except (KeyError, TypeError, RnnlabError) as exc:
         raise CheckpointError(f"{file} has an invalid config or vocabulary: {exc}") from None

@@ -9,6 +9,8 @@ position, the carried hidden state, RNG states, elapsed time and the checkpoint 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -135,9 +137,12 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     starts from that checkpoint's weights and vocabulary.
     """
     stop = stop or StopRequest()
+    config = _with_absolute_paths(config)  # saved in checkpoints: a resume from another folder finds the text
     resumed = load_checkpoint(resume, prefer="last") if resume else None
     tc = config.train
     device = select_device(tc.device)
+    if tc.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"precision fp16 is for CUDA GPUs and this run is on {device.type}: use bf16 (or auto)")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -167,7 +172,7 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
 
     model = RecurrentLM(config.model, len(vocab), learned_initial_state=tc.state == "learned").to(device)
     if init_from:
-        model.load_state_dict(source.build_model().state_dict())
+        _load_initial_weights(model, source)
     optimizer = build_optimizer(model.parameters(), tc, device)
     step = TrainingStep(model, optimizer, resolve_precision(tc.precision, device), tc.grad_clip, device)
     prog, carried = _Progress(), None
@@ -245,7 +250,8 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
 
     last = read_pointer(folder, "last")
     best = read_pointer(folder, "best")
-    fit_loss = _train_split_loss(model, splits.train, id_map, len(val_tokens), tc, device)
+    with step.averager.swapped_in() if step.averager else contextlib.nullcontext():  # the weights val used
+        fit_loss = _train_split_loss(model, splits.train, id_map, len(val_tokens), tc, device)
     return TrainResult(folder, folder / last["file"], folder / best["file"], prog.best_val_loss, prog.step,
                        batcher.epoch_progress, fit_loss, last["val_loss"], stop.requested,
                        fitting_hint(fit_loss, last["val_loss"]), n_params)
@@ -297,7 +303,8 @@ class _Saver:
         result = evaluate_tokens(self.model, self.val_tokens, tc.eval_batch_size, tc.seq_length, self.device,
                                  char_lengths=self.val_lengths)
         val_loss = result.nats_per_token
-        self._update_schedules(prog, val_loss)
+        if prog.step % tc.eval_every == 0:  # an extra validation (interrupt, end of run) must not move the
+            self._update_schedules(prog, val_loss)  # schedules, or a resumed run would differ from a straight one
         improved = val_loss < prog.best_val_loss
         prog.best_val_loss = min(prog.best_val_loss, val_loss)
         epoch = self.batcher.epoch_progress
@@ -360,9 +367,11 @@ class TrainingStep:
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.averager is not None:
+        skipped = scale is not None and self.scaler.get_scale() < scale  # fp16 overflow: no step was taken
+        if self.averager is not None and not skipped:
             self.averager.update()
         return loss.detach(), tuple(s.detach().float() for s in carried)
 
@@ -436,13 +445,16 @@ def _restore(ckpt: Checkpoint, model, step: TrainingStep, batcher: StreamBatcher
     step.optimizer.load_state_dict(state)
     if ckpt.trainer.get("grad_scaler"):
         step.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
-    if ckpt.trainer.get("averaging"):  # model.* holds the average; the raw weights go back into the model
+    averaging, raw_weights = ckpt.trainer.get("averaging"), ckpt.prefixed("raw.")
+    if averaging and not raw_weights:  # averaging switched on at this very validation: nothing averaged yet
+        step.averager = WeightAverage(model.parameters(), averaging["count"])
+    elif averaging:  # model.* holds the average; the raw weights go back into the model
         params = list(model.parameters())
         average = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, raw in zip(params, ckpt.prefixed("raw."), strict=True):
+            for p, raw in zip(params, raw_weights, strict=True):
                 p.copy_(raw)
-        step.averager = WeightAverage(params, ckpt.trainer["averaging"]["count"], average)
+        step.averager = WeightAverage(params, averaging["count"], average)
     batcher.load_state_dict(ckpt.trainer["batcher"])
     torch.set_rng_state(ckpt.prefixed("rng.cpu.")[0])
     cuda_states = ckpt.prefixed("rng.cuda.")
@@ -451,6 +463,24 @@ def _restore(ckpt: Checkpoint, model, step: TrainingStep, batcher: StreamBatcher
     carried = tuple(t.to(device) for t in ckpt.prefixed("carry.")) if ckpt.trainer.get("has_carry") else None
     log.info("resuming %s at step %d", ckpt.path.name, ckpt.trainer["progress"]["step"])
     return _Progress.from_dict(ckpt.trainer["progress"]), carried
+
+
+def _with_absolute_paths(config: RunConfig) -> RunConfig:
+    data = config.data
+    absolute = {name: str(Path(value).expanduser().absolute()) for name in ("path", "val_file", "test_file",
+                                                                             "cache_dir")
+                if (value := getattr(data, name))}
+    return dataclasses.replace(config, data=dataclasses.replace(data, **absolute))
+
+
+def _load_initial_weights(model: RecurrentLM, source: Checkpoint) -> None:
+    """--init-from: the checkpoint's weights. A learned initial state (h0/c0) is the one part a new run
+    may add (it starts at zero, as in a fresh run) or drop; anything else must fit exactly."""
+    weights = source.build_model().state_dict()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    misfits = [k for k in (*missing, *unexpected) if not k.startswith("initial_state.")]
+    if misfits:
+        raise ConfigError(f"--init-from {source.path}: its weights do not fit this model ({', '.join(misfits[:4])})")
 
 
 def _prepare_for(config: RunConfig, model_vocab, resumed: Checkpoint | None):

@@ -66,9 +66,10 @@ def learning_rate_at(config: TrainConfig, step: int, epochs_done: int, progress:
 
 
 def nt_asgd_triggered(val_losses: list[float], interval: int) -> bool:
-    """AWD-LSTM's non-monotone trigger: the newest val loss is worse than the best one before the last
-    `interval` validations."""
-    return len(val_losses) > interval and val_losses[-1] > min(val_losses[:-interval])
+    """AWD-LSTM's non-monotone trigger (its main.py, `nonmono`): the newest val loss is worse than the
+    best one from before the `interval` validations that preceded it. `val_losses` ends with the newest."""
+    newest, previous = val_losses[-1], val_losses[:-1]
+    return len(previous) > interval and newest > min(previous[:-interval])
 
 
 class WeightAverage:
