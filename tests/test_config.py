@@ -145,6 +145,10 @@ def test_beam_search_refuses_sampling_settings(values):
     ({"train": {"patience": 4}}, "--patience", "--schedule plateau"),
     ({"train": {"decay_after": 2}}, "--decay-after", "--schedule char-rnn"),
     ({"train": {"k3": 2, "seq_length": 8}}, "--k3", "--loss-positions last-k"),
+    ({"train": {"loss_positions": "last", "loss_decay": "linear"}}, "--loss-decay", "--loss-positions all or last-k"),
+    ({"model": {"num_layers": 2, "dropout_hidden": 0.3, "dropout_last_input": 0.0}}, "--dropout-hidden",
+     "--num-layers 2 or more (3 or more with --dropout-last-input)"),
+    ({"data": {"val_file": "v.txt", "val_frac": 0.1}}, "--val-frac", "a single corpus file"),
 ])
 def test_a_setting_that_has_no_effect_is_reported(caplog, overrides, flag, needs):
     with caplog.at_level("WARNING", logger="rnnlab"):
@@ -170,3 +174,23 @@ def test_adaptive_softmax_on_ids_not_sorted_by_frequency_is_reported(caplog):
     with caplog.at_level("WARNING", logger="rnnlab"):
         build_run_config(None, {"model": {"head": "adaptive"}, "data": {"tokenizer": "word"}})
     assert caplog.text == ""
+
+
+def test_fractions_with_a_folder_of_split_files_are_reported(caplog, tmp_path):
+    for name in ("x.train.txt", "x.valid.txt"):
+        (tmp_path / name).write_text("a b\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="rnnlab"):
+        build_run_config(None, {"data": {"path": str(tmp_path), "test_frac": 0.1}})
+    assert "--test-frac has no effect here" in caplog.text
+    caplog.clear()
+    (tmp_path / "input.txt").write_text("a b\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="rnnlab"):
+        build_run_config(None, {"data": {"path": str(tmp_path), "test_frac": 0.1}})
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("values", [{"temperature": 0.5}, {"top_k": 3}, {"top_p": 0.9}])
+def test_argmax_refuses_settings_it_would_ignore(values):
+    with pytest.raises(ConfigError, match="argmax always takes the most likely token"):
+        build_section(SampleConfig, {"argmax": True, **values})
+    build_section(SampleConfig, {"argmax": True, "num_samples": 2})  # several greedy streams are fine

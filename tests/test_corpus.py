@@ -257,3 +257,12 @@ def test_a_read_only_data_folder_is_left_alone_even_by_root(tmp_path, monkeypatc
         assert default_cache_root(folder / "t.txt") == tmp_path / "xdg" / "rnnlab"
     finally:
         folder.chmod(0o755)
+
+
+def test_a_single_line_word_corpus_still_gets_all_three_parts(tmp_path):
+    path = tmp_path / "oneline.txt"
+    path.write_text(" ".join(f"w{i % 50}" for i in range(4000)) + "\n", encoding="utf-8")  # one line, then EOF
+    corpus = prepare_corpus(path, cache_dir=tmp_path / "c", spec=TokenizerSpec("word"))
+    splits = corpus.splits(0.05, 0.05)
+    assert len(splits.val) > 100 and len(splits.test) > 100
+    assert 0.85 < len(splits.train) / len(corpus.tokens) < 0.95

@@ -37,7 +37,8 @@ def test_tying_needs_an_embedding():
 
 
 @pytest.mark.parametrize("head, extra", [("adaptive", {"adaptive_cutoffs": "5,20"}), ("mos", {"mos_experts": 3}),
-                                         ("adaptive", {"adaptive_cutoffs": "5,20", "tie_weights": True})])
+                                         ("adaptive", {"adaptive_cutoffs": "5,20", "tie_weights": True}),
+                                         ("mos", {"mos_experts": 3, "tie_weights": True})])
 def test_heads_give_distributions_and_their_loss_is_the_nll(head, extra):
     model = model_with(head=head, **extra)
     tokens, targets = torch.randint(0, 40, (3, 6)), torch.randint(0, 40, (3, 6))
@@ -78,7 +79,8 @@ def test_bad_adaptive_cutoffs():
 
 
 @pytest.mark.parametrize("settings", [{"head": "adaptive"}, {"head": "mos", "mos_experts": 2}, {"tie_weights": True},
-                                      {"head": "adaptive", "tie_weights": True}])
+                                      {"head": "adaptive", "tie_weights": True},
+                                      {"head": "mos", "mos_experts": 2, "tie_weights": True}])
 def test_every_head_trains_saves_and_samples(tmp_path, settings):
     config = tiny_config(tmp_path, max_steps=4, eval_every=2)
     for name, value in settings.items():
@@ -88,6 +90,19 @@ def test_every_head_trains_saves_and_samples(tmp_path, settings):
     model = load_checkpoint(result.best_checkpoint).build_model()
     if settings.get("tie_weights"):
         tied = model.head if model.head is not None else model.head_module
+        tied = tied.decoder if settings.get("head") == "mos" else tied
         assert tied.weight is model.embedding.weight
     tokens = list(generate(make_stepper(model, SampleConfig()), [1, 2], SampleConfig(length=10)))
     assert len(tokens) == 10
+
+
+def test_a_tied_mixture_of_softmaxes_decodes_with_the_embedding():
+    model = model_with(head="mos", mos_experts=3, tie_weights=True)
+    assert model.head_module.decoder.weight is model.embedding.weight
+    names = [name for name, _ in model.named_parameters()]
+    assert "head_module.decoder.weight" not in names and "embedding.weight" in names  # one tensor, counted once
+    assert model.num_parameters() < model_with(head="mos", mos_experts=3).num_parameters()
+    model.train()
+    _, loss, _ = model(torch.randint(0, 5, (2, 5)), targets=torch.full((2, 5), 39))
+    loss.backward()
+    assert model.embedding.weight.grad[39].abs().sum() > 0  # id 39 is only ever an output: its row learns there

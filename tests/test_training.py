@@ -241,3 +241,14 @@ def test_the_cosine_schedule_runs_from_the_peak_to_its_floor(tmp_path):
     assert rates[1] == pytest.approx(0.01)
     assert rates[20] == pytest.approx(0.001 + 0.5 * 0.009 * (1 + math.cos(math.pi * 19 / 20)))
     assert rates[20] < 0.00106 and all(rates[s] >= rates[s + 1] for s in range(1, 20))
+
+
+def test_the_fitting_hint_of_a_word_model_compares_losses_per_character(tmp_path, ptb_folder):
+    import re
+    config = tiny_config(tmp_path, data=ptb_folder, max_steps=4, eval_every=4)
+    config.data.tokenizer = "word"
+    result = train(config, progress_bar=False)
+    numbers = [float(x) for x in re.findall(r"(\d+\.\d{4})", result.hint)]
+    val_per_char = next(n for n in numbers if n != result.train_loss)
+    assert "nats/char" in result.hint
+    assert val_per_char < result.val_loss / 3  # a PTB word covers about 5.6 characters with its space

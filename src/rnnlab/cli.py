@@ -81,13 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
     p.add_argument("file", metavar="FILE", help="UTF-8 text file to score")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--batch-size", type=int, default=64, help="parallel streams (default: 64)")
-    p.add_argument("--seq-length", type=int, default=0, help="steps per chunk (default: the training seq_length)")
+    p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: 64)")
+    p.add_argument("--seq-length", type=int, default=0,
+                   help="steps per chunk (default: the training seq_length; with --dynamic, 50)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
     p.add_argument("--dynamic", action="store_true",
                    help="dynamic evaluation: adapt the weights to the text as it is read (one stream)")
-    p.add_argument("--dynamic-lr", type=float, default=1e-4, metavar="X", help="its learning rate (default: 1e-4)")
-    p.add_argument("--dynamic-decay", type=float, default=2e-5, metavar="Y",
+    p.add_argument("--dynamic-lr", type=float, default=None, metavar="X", help="its learning rate (default: 1e-4)")
+    p.add_argument("--dynamic-decay", type=float, default=None, metavar="Y",
                    help="its pull back toward the trained weights per step (default: 2e-5)")
     p.add_argument("--burn-in", type=int, default=0, metavar="N",
                    help="read the file as one stream; its first N characters only bootstrap the state and every later "
@@ -258,6 +259,8 @@ def cmd_sample(args) -> int:
         # a model trained with scheme 1 or 2 samples as the paper does: windowed over its k2
         overrides = {"sampling": "windowed", "window": ckpt.config.train.seq_length, **overrides}
     config = build_section(SampleConfig, overrides)
+    if "window" in overrides and config.sampling != "windowed":
+        log.warning("warning: --window has no effect here: it needs --sampling windowed")
     vocab = ckpt.vocab
     model = ckpt.build_model(select_device(args.device))
     prime_text = _read_prime(config)
@@ -323,12 +326,19 @@ def cmd_eval(args) -> int:
     from rnnlab.training.checkpoint import load_checkpoint
     from rnnlab.training.loop import select_device
 
-    if args.batch_size <= 0 or args.seq_length < 0 or args.burn_in < 0:
+    dynamic_flags = (("--dynamic-lr", args.dynamic_lr), ("--dynamic-decay", args.dynamic_decay))
+    given_dynamic = [flag for flag, value in dynamic_flags if value is not None]
+    if given_dynamic and not args.dynamic:
+        raise ConfigError(f"{' and '.join(given_dynamic)} set dynamic evaluation: add --dynamic")
+    if args.dynamic and (args.batch_size is not None or args.burn_in):
+        raise ConfigError("--dynamic reads the file as one stream: drop --batch-size and --burn-in")
+    batch_size = args.batch_size if args.batch_size is not None else 64
+    dynamic_lr = args.dynamic_lr if args.dynamic_lr is not None else 1e-4
+    dynamic_decay = args.dynamic_decay if args.dynamic_decay is not None else 2e-5
+    if batch_size <= 0 or args.seq_length < 0 or args.burn_in < 0:
         raise ConfigError("--batch-size must be > 0, --seq-length and --burn-in >= 0")
-    if args.dynamic and (not (args.dynamic_lr > 0 and math.isfinite(args.dynamic_lr))
-                         or not 0 <= args.dynamic_decay < 1 or args.burn_in):
-        raise ConfigError("--dynamic needs --dynamic-lr > 0 (finite) and --dynamic-decay in [0, 1), without "
-                          "--burn-in")
+    if args.dynamic and (not (dynamic_lr > 0 and math.isfinite(dynamic_lr)) or not 0 <= dynamic_decay < 1):
+        raise ConfigError("--dynamic needs --dynamic-lr > 0 (finite) and --dynamic-decay in [0, 1)")
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
     device = select_device(args.device)
     model = ckpt.build_model(device)
@@ -343,10 +353,10 @@ def cmd_eval(args) -> int:
         if len(tokens) < 2:
             raise CorpusError(f"{text_path} needs at least two tokens to score")
         if args.dynamic:
-            result = dynamic_evaluate(model, tokens, args.seq_length or 50, args.dynamic_lr, args.dynamic_decay,
+            result = dynamic_evaluate(model, tokens, args.seq_length or 50, dynamic_lr, dynamic_decay,
                                       device, char_lengths=lengths)
         else:
-            result = evaluate_tokens(model, tokens, args.batch_size, seq_length, device, burn_in=args.burn_in,
+            result = evaluate_tokens(model, tokens, batch_size, seq_length, device, burn_in=args.burn_in,
                                      char_lengths=lengths)
         del tokens, lengths, encoded
     report = {**result.as_dict(), "tokenizer": ckpt.vocab.kind}

@@ -145,9 +145,6 @@ class ModelConfig:
             raise ConfigError("the paper architecture is an LSTM on one-hot input: drop --cell/--embedding-size")
         if self.tie_weights and not self.embedding_size:
             raise ConfigError("tie_weights shares the embedding with the output layer: set --embedding-size > 0")
-        if self.tie_weights and self.head == "mos":
-            raise ConfigError("tie_weights shares one output matrix; the mos head has one per expert mixture: use "
-                              "--head softmax or adaptive")
         if self.architecture == "paper" and (self.head != "softmax" or self.tie_weights):
             raise ConfigError("the paper architecture has a plain softmax output")
         self.cutoffs(None)
@@ -300,6 +297,12 @@ class SampleConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.argmax and not self.beam_width:
+            shaping = (("temperature", self.temperature, 1.0), ("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0))
+            ignored = [name for name, value, default in shaping if value != default]
+            if ignored:
+                raise ConfigError(f"argmax always takes the most likely token; it cannot be combined with "
+                                  f"{', '.join(ignored)}")
         if self.beam_width:
             ignored = [name for name, value, default in (
                 ("num_samples", self.num_samples, 1), ("temperature", self.temperature, 1.0),
@@ -500,7 +503,8 @@ _NEEDS: dict[tuple[str, str], tuple[Callable[[RunConfig], bool], str]] = {
     ("model", "adaptive_cutoffs"): (lambda c: c.model.head == "adaptive", "--head adaptive"),
     ("model", "mos_experts"): (lambda c: c.model.head == "mos", "--head mos"),
     ("model", "dense_size"): (lambda c: c.model.architecture == "paper", "--architecture paper"),
-    ("model", "dropout_hidden"): (lambda c: c.model.num_layers > 1, "--num-layers 2 or more"),
+    ("model", "dropout_hidden"): (lambda c: c.model.num_layers > (2 if c.model.dropout_last_input is not None else 1),
+                                  "--num-layers 2 or more (3 or more with --dropout-last-input)"),
     ("model", "dropout_last_input"): (lambda c: c.model.num_layers > 1, "--num-layers 2 or more"),
     ("train", "momentum"): (lambda c: c.train.optimizer == "sgd", "--optimizer sgd"),
     ("train", "nt_asgd_interval"): (lambda c: c.train.optimizer == "nt-asgd", "--optimizer nt-asgd"),
@@ -511,9 +515,18 @@ _NEEDS: dict[tuple[str, str], tuple[Callable[[RunConfig], bool], str]] = {
                               "--schedule char-rnn or plateau"),
     ("train", "min_lr_frac"): (lambda c: c.train.schedule in ("cosine", "cyclic"), "--schedule cosine or cyclic"),
     ("train", "k3"): (lambda c: c.train.loss_positions == "last-k", "--loss-positions last-k"),
-    ("data", "val_frac"): (lambda c: not c.data.val_file, "a single corpus file (not --val-file)"),
-    ("data", "test_frac"): (lambda c: not c.data.val_file, "a single corpus file (not --val-file)"),
+    ("train", "loss_decay"): (lambda c: c.train.loss_positions != "last", "--loss-positions all or last-k"),
+    ("data", "val_frac"): (lambda c: _single_file(c.data), "a single corpus file (not --val-file or a folder of "
+                                                           "train/valid/test files)"),
+    ("data", "test_frac"): (lambda c: _single_file(c.data), "a single corpus file (not --val-file or a folder of "
+                                                            "train/valid/test files)"),
 }
+
+
+def _single_file(data: DataConfig) -> bool:
+    """Whether the corpus is one text cut by fractions (a folder without input.txt holds split files)."""
+    folder = Path(data.path).expanduser() if data.path else None
+    return not data.val_file and not (folder and folder.is_dir() and not (folder / "input.txt").is_file())
 
 
 def unused_settings(config: RunConfig, explicit: dict) -> list[str]:

@@ -51,6 +51,11 @@ def test_eval_json_keys_and_values(tmp_path, capsys, trained_checkpoint):
     for bad in (("--dynamic-lr", "0"), ("--dynamic-lr", "nan"), ("--dynamic-lr", "inf"), ("--dynamic-decay", "nan")):
         code, _, err = run(capsys, "eval", trained_checkpoint, text, "--dynamic", *bad)
         assert code == 1 and "--dynamic needs" in err, bad
+    for flags, message in ((["--dynamic-lr", "0.1"], "--dynamic-lr set dynamic evaluation: add --dynamic"),
+                           (["--dynamic", "--batch-size", "8"], "--dynamic reads the file as one stream"),
+                           (["--dynamic", "--burn-in", "5"], "--dynamic reads the file as one stream")):
+        code, _, err = run(capsys, "eval", trained_checkpoint, text, *flags)
+        assert code == 1 and message in err, flags
 
 
 def test_sample_is_reproducible_and_supports_every_option(capsys, trained_checkpoint):
@@ -63,6 +68,10 @@ def test_sample_is_reproducible_and_supports_every_option(capsys, trained_checkp
         assert code == 0 and len(out) == 21, (extra, err)
     code, out, _ = run(capsys, "sample", trained_checkpoint, "--length", 20, "--num-samples", 3)
     assert out.count("--- sample") == 3
+    code, out, err = run(capsys, "sample", trained_checkpoint, "--length", 5, "--window", 10)
+    assert code == 0 and "--window has no effect here: it needs --sampling windowed" in err
+    code, out, err = run(capsys, "sample", trained_checkpoint, "--length", 5, "--argmax", "--top-k", 3)
+    assert code == 1 and "argmax always takes the most likely token" in err
 
 
 def test_prime_file_and_unknown_characters(tmp_path, capsys, trained_checkpoint):

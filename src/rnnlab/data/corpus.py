@@ -247,7 +247,7 @@ def _break_after(handle, offset: int, size: int, look: int = 1 << 16) -> int:
     ahead = handle.read(look)
     for separators in (b"\n", b" \t\r"):
         found = [i for i in (ahead.find(bytes([c])) for c in separators) if i >= 0]
-        if found:
+        if found and offset + min(found) + 1 < size:  # (the file's final line break would leave nothing after)
             return offset + min(found) + 1
     continuation = next((i for i, byte in enumerate(ahead) if byte & 0xC0 != 0x80), len(ahead))
     return offset + continuation

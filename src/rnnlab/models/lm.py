@@ -52,6 +52,8 @@ class RecurrentLM(nn.Module):
         self.head_module = self._build_head_module(width)
         if config.tie_weights and self.head is not None:
             self.head.weight = self.embedding.weight  # one Parameter, trained and saved as one
+        if config.tie_weights and config.head == "mos":  # the experts share one decoder: tie it (Yang et al.)
+            self.head_module.decoder.weight = self.embedding.weight
         if config.architecture == "paper":
             self._paper_init()
         # The paper's learned initial state h0 (and c0 for LSTM), one (L, 1, H) tensor each, trained

@@ -27,7 +27,7 @@ from rnnlab.data.batching import StreamBatcher, make_batcher
 from rnnlab.data.corpus import prepare_from_config
 from rnnlab.data.vocab import CharVocab, describe_chars
 from rnnlab.errors import CheckpointError, ConfigError, CorpusError, RnnlabError
-from rnnlab.evaluation import evaluate_tokens
+from rnnlab.evaluation import EvalResult, evaluate_tokens
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.training.checkpoint import (
     Checkpoint,
@@ -251,10 +251,12 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     last = read_pointer(folder, "last")
     best = read_pointer(folder, "best")
     with step.averager.swapped_in() if step.averager else contextlib.nullcontext():  # the weights val used
-        fit_loss = _train_split_loss(model, splits.train, id_map, len(val_tokens), tc, device)
+        fit = _train_split_loss(model, splits.train, splits.lengths("train"), id_map, len(val_tokens), tc, device)
+    # the hint's thresholds are per character, so word and BPE losses are compared per character too
+    val_per_char = last["val_loss"] * _tokens_per_char(splits.lengths("val"))
     return TrainResult(folder, folder / last["file"], folder / best["file"], prog.best_val_loss, prog.step,
-                       batcher.epoch_progress, fit_loss, last["val_loss"], stop.requested,
-                       fitting_hint(fit_loss, last["val_loss"]), n_params)
+                       batcher.epoch_progress, fit.nats_per_token, last["val_loss"], stop.requested,
+                       fitting_hint(fit.nats_per_char, val_per_char), n_params)
 
 
 class _Saver:
@@ -514,26 +516,32 @@ def _map_into_vocab(corpus_vocab: CharVocab, model_vocab: CharVocab, init_from) 
     return np.asarray(model_vocab.encode("".join(corpus_vocab.chars)), dtype=np.int64)
 
 
-def _train_split_loss(model, train_tokens, id_map, length: int, tc, device) -> float:
+def _train_split_loss(model, train_tokens, train_lengths, id_map, length: int, tc, device) -> EvalResult:
     """Loss on the end of the train split, as long as the val split, in eval mode (no dropout)."""
     piece = np.asarray(train_tokens[-max(length, 2):])
+    lengths = np.asarray(train_lengths[-len(piece):]) if train_lengths is not None else None
     if id_map is not None:
         piece = id_map[piece]
-    return evaluate_tokens(model, piece, tc.eval_batch_size, tc.seq_length, device).nats_per_token
+    return evaluate_tokens(model, piece, tc.eval_batch_size, tc.seq_length, device, char_lengths=lengths)
+
+
+def _tokens_per_char(lengths) -> float:
+    """Tokens per character of a split (1 for a character model)."""
+    return 1.0 if lengths is None or not len(lengths) else len(lengths) / max(int(np.sum(lengths)), 1)
 
 
 def fitting_hint(train_loss: float | None, val_loss: float | None) -> str:
-    """char-rnn's advice on reading the gap between training and validation loss."""
+    """char-rnn's advice on reading the gap between training and validation loss (both in nats/char)."""
     if train_loss is None or val_loss is None:
         return ""
     gap = val_loss - train_loss
     if gap > OVERFIT_GAP:
-        return (f"val loss {val_loss:.4f} is well above train loss {train_loss:.4f}: the model may be overfitting; "
-                f"try a smaller model (--hidden-size, --num-layers) or more --dropout")
+        return (f"val loss {val_loss:.4f} nats/char is well above train loss {train_loss:.4f}: the model may be "
+                f"overfitting; try a smaller model (--hidden-size, --num-layers) or more --dropout")
     if gap < UNDERFIT_GAP:
-        return (f"val loss {val_loss:.4f} is close to train loss {train_loss:.4f}: the model is likely underfitting; "
-                f"try a larger model (--hidden-size, --num-layers) or train longer")
-    return f"train loss {train_loss:.4f}, val loss {val_loss:.4f}: a healthy gap"
+        return (f"val loss {val_loss:.4f} nats/char is close to train loss {train_loss:.4f}: the model is likely "
+                f"underfitting; try a larger model (--hidden-size, --num-layers) or train longer")
+    return f"train loss {train_loss:.4f} nats/char, val loss {val_loss:.4f}: a healthy gap"
 
 
 def _finite_or_none(value: float) -> float | None:
