@@ -154,3 +154,35 @@ def test_checkpoints_get_the_usual_file_permissions(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def _edited(tmp_path, edit, tensors=None):
+    config, vocab, model = small_run()
+    document = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "vocab": vocab.to_dict(),
+                "trainer": {}, "metrics": {}}
+    edit(document)
+    weights = tensors or {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp_path / "e.safetensors"), metadata={METADATA_KEY: json.dumps(document)})
+    return tmp_path / "e.safetensors"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(config=None), "invalid config or vocabulary"),
+    (lambda d: d.update(config=[]), "invalid config or vocabulary"),
+    (lambda d: d.update(vocab=None), "invalid config or vocabulary"),
+    (lambda d: d["vocab"].update(chars=["ab", *d["vocab"]["chars"][1:]]), "invalid config or vocabulary"),
+    (lambda d: d.update(trainer=[1]), "trainer must be a JSON object"),
+    (lambda d: d.update(format_version="x"), "invalid format_version: 'x'"),
+    (lambda d: d.update(format_version=1.5), "invalid format_version: 1.5"),
+])
+def test_a_hand_edited_header_fails_in_one_line(tmp_path, edit, message):
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(_edited(tmp_path, edit))
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    _, _, model = small_run()
+    weights = {f"model.{k}": v.contiguous().clone() for k, v in model.state_dict().items()}
+    weights["model.head.weight"][0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"non-finite \(NaN or inf\) weights: head.weight"):
+        load_checkpoint(_edited(tmp_path, lambda d: None, weights))

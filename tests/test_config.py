@@ -194,3 +194,16 @@ def test_argmax_refuses_settings_it_would_ignore(values):
     with pytest.raises(ConfigError, match="argmax always takes the most likely token"):
         build_section(SampleConfig, {"argmax": True, **values})
     build_section(SampleConfig, {"argmax": True, "num_samples": 2})  # several greedy streams are fine
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("train = 'x'\n", {}, r"\[train\] must be a table of settings"),
+    ("model = 3\n", {}, r"\[model\] must be a table of settings"),
+    ("data = 5\n", {"data": {"path": "x.txt"}}, r"\[data\] must be a table of settings"),
+    ("[model]\nhidden_size = 'big'\n", {"model": {"hidden_size": 32}}, "model.hidden_size must be of type int"),
+])
+def test_a_broken_preset_is_refused_even_where_a_flag_replaces_the_value(tmp_path, text, overrides, message):
+    preset = tmp_path / "p.toml"
+    preset.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_run_config(str(preset), overrides)

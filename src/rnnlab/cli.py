@@ -31,6 +31,7 @@ from rnnlab.config import (
     load_toml,
     merge,
     overrides_from_args,
+    unused_settings,
 )
 from rnnlab.data.corpus import encode_file_to_memmap, prepare_from_config, read_text_chunks, resolve_text_path
 from rnnlab.data.vocab import describe_chars
@@ -176,6 +177,8 @@ def cmd_train(args) -> int:
     stop = StopRequest()
 
     def request_stop(signum, _frame):
+        if not stop.training:  # still preparing the corpus or building the model: nothing to save yet
+            raise KeyboardInterrupt
         stop.request(f"received {signal.Signals(signum).name}")
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
 
@@ -261,6 +264,8 @@ def cmd_sample(args) -> int:
     config = build_section(SampleConfig, overrides)
     if "window" in overrides and config.sampling != "windowed":
         log.warning("warning: --window has no effect here: it needs --sampling windowed")
+    if "precision" in overrides and not config.fast:
+        log.warning("warning: --precision has no effect here: it sets the CPU engine's weights (drop --no-fast)")
     vocab = ckpt.vocab
     model = ckpt.build_model(select_device(args.device))
     prime_text = _read_prime(config)
@@ -347,8 +352,8 @@ def cmd_eval(args) -> int:
     with tempfile.TemporaryDirectory(prefix="rnnlab-eval-") as scratch:
         try:
             encoded = encode_file_to_memmap(text_path, ckpt.vocab, Path(scratch))
-        except RnnlabError as exc:
-            raise CorpusError(f"{text_path}: {exc}") from None
+        except RnnlabError as exc:  # name the file once
+            raise CorpusError(str(exc) if str(text_path) in str(exc) else f"{text_path}: {exc}") from None
         tokens, lengths = encoded.tokens, encoded.char_lengths
         if len(tokens) < 2:
             raise CorpusError(f"{text_path} needs at least two tokens to score")
@@ -485,6 +490,8 @@ def cmd_export(args) -> int:
 def cmd_prepare(args) -> int:
     overrides = overrides_from_args(args).get("data", {})
     data = build_section(DataConfig, {**overrides, "path": args.data})
+    for message in unused_settings(RunConfig(data=data), {"data": overrides}):
+        log.warning("warning: %s", message)
     corpus = prepare_from_config(data)
     splits = corpus.splits(data.val_frac, data.test_frac)
     meta = corpus.meta

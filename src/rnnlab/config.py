@@ -481,6 +481,9 @@ def build_run_config(config_file: str | None, overrides: dict, defaults: dict | 
     unknown = sorted(set(raw) - set(_sections(RunConfig)))
     if unknown:
         raise ConfigError(f"unknown section(s) in {config_file}: {', '.join(unknown)}")
+    for name, section_type in _sections(RunConfig).items():  # the file alone must be valid, whatever flags
+        if name in raw:                                       # later replace
+            _section_from_dict(section_type, raw[name], name)
     explicit = merge(raw, overrides)
     scheme = explicit.get("train", {}).get("scheme", 0)
     if scheme not in SCHEMES and scheme != 0:

@@ -155,17 +155,29 @@ def load_checkpoint(path: str | os.PathLike, prefer: str = "best", weights_only:
         raise CheckpointError(f"cannot read checkpoint {file}: {exc.strerror or exc}") from None
     document = migrate(document, file)
     try:
+        if not isinstance(document.get("config"), dict) or not isinstance(document.get("vocab"), dict):
+            raise CheckpointError("config and vocabulary must be JSON objects")
         config = RunConfig.from_dict(document["config"])
         config.validate()  # a hand-edited or damaged config must fail here, in one line, not deep in a model
         vocab = vocab_from_dict(document["vocab"])
-    except (KeyError, TypeError, RnnlabError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RnnlabError) as exc:
         raise CheckpointError(f"{file} has an invalid config or vocabulary: {exc}") from None
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     if not model_state:
         raise CheckpointError(f"{file} holds no model weights")
+    broken = [k for k, v in model_state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{file} holds non-finite (NaN or inf) weights: {', '.join(broken[:3])}")
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
-    return Checkpoint(file, config, vocab, document.get("metrics", {}), document.get("trainer", {}),
+    return Checkpoint(file, config, vocab, _object(document, "metrics", file), _object(document, "trainer", file),
                       model_state, document.get("optimizer"), rest)
+
+
+def _object(document: dict, key: str, file: Path) -> dict:
+    value = document.get(key) or {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file} has corrupt metadata: {key} must be a JSON object")
+    return value
 
 
 def _parse_document(file: Path, header: dict) -> dict:
@@ -175,8 +187,11 @@ def _parse_document(file: Path, header: dict) -> dict:
         document = json.loads(header[METADATA_KEY])
     except ValueError:
         raise CheckpointError(f"{file} has corrupt metadata") from None
-    if not isinstance(document, dict) or not isinstance(document.get("format_version"), int):
+    if not isinstance(document, dict) or "format_version" not in document:
         raise CheckpointError(f"{file} has no format_version")
+    version = document["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise CheckpointError(f"{file} has an invalid format_version: {version!r}")
     return document
 
 

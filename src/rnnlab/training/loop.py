@@ -57,6 +57,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self.reason = ""
+        self.training = False  # set once the loop runs: before that there is nothing to checkpoint
 
     def request(self, reason: str = "stop requested") -> None:
         self.requested, self.reason = True, reason
@@ -166,8 +167,9 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     splits = corpus.splits(config.data.val_frac, config.data.test_frac)
     batcher = make_batcher(splits.train, tc, id_map)
     if len(splits.val) < 2:
-        raise CorpusError(f"the validation split has {len(splits.val)} tokens; raise --val-frac "
-                          f"(now {config.data.val_frac})")
+        advice = ("use a longer validation file" if corpus.meta.get("split_tokens") and
+                  not corpus.meta.get("split_fractions") else f"raise --val-frac (now {config.data.val_frac})")
+        raise CorpusError(f"the validation split has {len(splits.val)} tokens; {advice}")
     val_tokens = id_map[np.asarray(splits.val)] if id_map is not None else splits.val
 
     model = RecurrentLM(config.model, len(vocab), learned_initial_state=tc.state == "learned").to(device)
@@ -177,7 +179,11 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     step = TrainingStep(model, optimizer, resolve_precision(tc.precision, device), tc.grad_clip, device)
     prog, carried = _Progress(), None
     if resumed is not None:
-        prog, carried = _restore(resumed, model, step, batcher, device)
+        try:
+            prog, carried = _restore(resumed, model, step, batcher, device)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"{resumed.path}: its training state is corrupt ({type(exc).__name__}: {exc})") \
+                from None
 
     folder = Path(tc.checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,6 +205,7 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
     window_start, window_tokens = time.monotonic(), 0
     tokens_per_batch = tc.batch_size * tc.seq_length
     model.train()
+    stop.training = True
     try:
         saver.log({"event": "start", "step": prog.step, "parameters": n_params, "resumed": bool(resumed),
                    "config": config.to_dict()})
@@ -250,13 +257,16 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
 
     last = read_pointer(folder, "last")
     best = read_pointer(folder, "best")
-    with step.averager.swapped_in() if step.averager else contextlib.nullcontext():  # the weights val used
-        fit = _train_split_loss(model, splits.train, splits.lengths("train"), id_map, len(val_tokens), tc, device)
-    # the hint's thresholds are per character, so word and BPE losses are compared per character too
-    val_per_char = last["val_loss"] * _tokens_per_char(splits.lengths("val"))
+    fit_loss, hint = None, ""
+    if not stop.requested:  # (an interrupted run reports at once; the hint is for a finished one)
+        with step.averager.swapped_in() if step.averager else contextlib.nullcontext():  # the weights val used
+            fit = _train_split_loss(model, splits.train, splits.lengths("train"), id_map, len(val_tokens), tc,
+                                    device)
+        # the hint's thresholds are per character, so word and BPE losses are compared per character too
+        fit_loss = fit.nats_per_token
+        hint = fitting_hint(fit.nats_per_char, last["val_loss"] * _tokens_per_char(splits.lengths("val")))
     return TrainResult(folder, folder / last["file"], folder / best["file"], prog.best_val_loss, prog.step,
-                       batcher.epoch_progress, fit.nats_per_token, last["val_loss"], stop.requested,
-                       fitting_hint(fit.nats_per_char, val_per_char), n_params)
+                       batcher.epoch_progress, fit_loss, last["val_loss"], stop.requested, hint, n_params)
 
 
 class _Saver:
