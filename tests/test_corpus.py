@@ -257,6 +257,12 @@ def test_a_read_only_data_folder_is_left_alone_even_by_root(tmp_path, monkeypatc
         assert default_cache_root(folder / "t.txt") == tmp_path / "xdg" / "rnnlab"
     finally:
         folder.chmod(0o755)
+    (folder / ".rnnlab_cache").mkdir(mode=0o555)  # somebody's cache we may not write in
+    try:
+        assert default_cache_root(folder / "t.txt") == tmp_path / "xdg" / "rnnlab"
+    finally:
+        (folder / ".rnnlab_cache").chmod(0o755)
+    assert default_cache_root(folder / "t.txt") == folder / ".rnnlab_cache"
 
 
 def test_a_single_line_word_corpus_still_gets_all_three_parts(tmp_path):

@@ -228,10 +228,11 @@ def test_the_plateau_schedule_decays_after_flat_validations_and_resumes_on_the_s
     # validations at steps 3, 6, 9: the first sets the best, each later one without improvement halves the rate
     assert [rates[s] for s in (1, 3, 4, 6, 7, 9, 10, 12)] == pytest.approx(
         [0.01, 0.01, 0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025])
-    train(tiny_config(tmp_path / "b", **kwargs), stop=StopAfter(7), progress_bar=False)
-    train(load_checkpoint(tmp_path / "b", prefer="last").config, resume=tmp_path / "b", progress_bar=False)
-    resumed = learning_rates(tmp_path / "b")
-    assert all(resumed[s] == rates[s] for s in rates)
+    for name, stop_after in (("b", 7), ("c", 0)):  # stopped mid-way, and before the first step
+        train(tiny_config(tmp_path / name, **kwargs), stop=StopAfter(stop_after), progress_bar=False)
+        train(load_checkpoint(tmp_path / name, prefer="last").config, resume=tmp_path / name, progress_bar=False)
+        resumed = learning_rates(tmp_path / name)
+        assert all(resumed[s] == rates[s] for s in rates), name
 
 
 def test_the_cosine_schedule_runs_from_the_peak_to_its_floor(tmp_path):

@@ -210,6 +210,9 @@ def _resume_config(checkpoint: str, overrides: dict, config_file: str | None) ->
     ckpt = load_checkpoint(checkpoint, prefer="last", weights_only=True)
     saved = ckpt.config
     saved.train.checkpoint_dir = str(ckpt.path.parent)  # keep writing next to the checkpoint being resumed
+    for name, value in overrides.get("data", {}).items():  # checkpoints hold absolute paths
+        if name in ("path", "val_file", "test_file", "cache_dir") and value:
+            overrides["data"][name] = str(Path(value).expanduser().absolute())
     changed = {f"{section}.{key}" for section, values in overrides.items() for key, value in values.items()
                if getattr(getattr(saved, section), key) != value and key not in RESUME_ADJUSTABLE}
     if changed:
@@ -225,7 +228,9 @@ def _init_from_config(checkpoint: str, overrides: dict, config_file: str | None)
 
     saved = load_checkpoint(checkpoint, weights_only=True).config
     preset = load_toml(config_file) if config_file else {}
-    given = {section: {**preset.get(section, {}), **overrides.get(section, {})} for section in ("model", "data")}
+    # (a section that is not a table is reported by build_run_config below)
+    given = {section: {**(preset[section] if isinstance(preset.get(section), dict) else {}),
+                       **overrides.get(section, {})} for section in ("model", "data")}
     clash = [k for k in ARCHITECTURE if k in given["model"] and given["model"][k] != getattr(saved.model, k)]
     if clash:
         raise ConfigError(f"--init-from keeps the checkpoint's architecture; it has "

@@ -78,3 +78,22 @@ def test_fine_tuning_a_word_model_reads_new_text_with_its_vocabulary(capsys, ptb
 def test_bad_tokenizer_settings(capsys, tmp_path, flags, message):
     code, _, err = run(capsys, "train", *TINY, *flags, "--checkpoint-dir", tmp_path, "--max-steps", 1)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_with_a_separate_val_file_resumes_with_the_same_flags_given_again(capsys, ptb_folder, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.chdir(ptb_folder)
+    flags = ["ptb.train.txt", "--val-file", "ptb.valid.txt", "--tokenizer", "word", *TINY, "--sample-length", 0,
+             "--cache-dir", tmp_path / "cache"]
+    code, _, err = run(capsys, "train", *flags, "--max-steps", 3, "--checkpoint-dir", tmp_path / "ck")
+    assert code == 0, err
+    code, _, err = run(capsys, "train", *flags, "--max-steps", 5, "--resume", tmp_path / "ck")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "ck", prefer="last").trainer["progress"]["step"] == 5
+
+
+def test_init_from_with_a_broken_preset_is_one_line(capsys, tmp_path, trained_checkpoint):
+    preset = tmp_path / "bad.toml"
+    preset.write_text("model = 3\n", encoding="utf-8")
+    code, _, err = run(capsys, "train", "--init-from", trained_checkpoint, "--config", preset)
+    assert code == 1 and "[model] must be a table of settings" in err and "Traceback" not in err

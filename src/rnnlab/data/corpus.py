@@ -22,9 +22,9 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -280,7 +280,7 @@ def default_cache_root(text_path: Path) -> Path:
     litter a read-only data folder it was only pointed at.)"""
     folder = text_path.parent
     beside = folder / ".rnnlab_cache"
-    if text_path != embedded_corpus_path() and (beside.is_dir() or _owned_and_writable(folder)):
+    if text_path != embedded_corpus_path() and _owned_and_writable(beside if beside.is_dir() else folder):
         return beside
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rnnlab"
 
@@ -293,10 +293,6 @@ def _owned_and_writable(folder: Path) -> bool:
         return os.access(folder, os.W_OK)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def prepare_corpus(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
@@ -315,9 +311,8 @@ def prepare_corpus(path: str | os.PathLike | None = None, cache_dir: str | os.Pa
         if file.stat().st_size == 0:
             raise CorpusError(f"{file} is empty")
     root = Path(cache_dir) if cache_dir else default_cache_root(files.train)
-    kind = vocab.kind if vocab is not None else spec.kind
     fractions = (float(fractions[0]), float(fractions[1]))
-    digest = corpus_digest(files, spec if vocab is None else TokenizerSpec(kind), fractions)
+    digest = corpus_digest(files, spec, fractions)
     if vocab is not None:
         spec = TokenizerSpec(vocab.kind, len(vocab))
         given = json.dumps(vocab.to_dict(), sort_keys=True).encode()
@@ -364,8 +359,8 @@ def _write_prepared(files: CorpusFiles, spec: TokenizerSpec, digest: str, target
     parts = text_parts(files, vocab.kind if vocab is not None else spec.kind, fractions)
     vocab = vocab or build_vocabulary(files, spec, read_bytes, train_part=parts[0])
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".preparing-", dir=target.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would keep a shared cache from other users
+    staging = target.parent / f".preparing-{secrets.token_hex(8)}"
+    staging.mkdir()  # (not mkdtemp: its 0700 would keep a shared cache from other users; the umask decides)
     try:
         dtype = token_dtype(len(vocab))
         lengths_file = staging / "lengths.bin" if vocab.kind != "char" else None

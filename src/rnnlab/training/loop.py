@@ -244,7 +244,7 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
                 window_start, window_tokens = time.monotonic(), 0
             if prog.step % tc.eval_every == 0:
                 prog.elapsed = time.monotonic() - started
-                saver.validate_and_save(prog, carried)
+                saver.validate_and_save(prog, carried, scheduled=True)
                 saved_at = prog.step
         if stop.requested:
             log.info("%s: writing a checkpoint", stop.reason)
@@ -303,20 +303,23 @@ class _Saver:
     def close(self) -> None:
         self.run_log.close()
 
-    def validate_and_save(self, prog: _Progress, carried) -> Path:
+    def validate_and_save(self, prog: _Progress, carried, scheduled: bool = False) -> Path:
+        """Validate and checkpoint. Only the loop's validations every eval_every steps are `scheduled`
+        and feed the plateau schedule and NT-ASGD: an extra one (an interruption, the end of the run)
+        must not, or a resumed run would differ from a straight one."""
         averager = self.step.averager
         if averager is None:
-            return self._validate_and_save(prog, carried, {})
+            return self._validate_and_save(prog, carried, {}, scheduled)
         with averager.swapped_in() as raw:  # NT-ASGD evaluates and saves the averaged weights
-            return self._validate_and_save(prog, carried, {f"raw.{i}": t for i, t in enumerate(raw)})
+            return self._validate_and_save(prog, carried, {f"raw.{i}": t for i, t in enumerate(raw)}, scheduled)
 
-    def _validate_and_save(self, prog: _Progress, carried, raw_tensors: dict) -> Path:
+    def _validate_and_save(self, prog: _Progress, carried, raw_tensors: dict, scheduled: bool) -> Path:
         tc = self.config.train
         result = evaluate_tokens(self.model, self.val_tokens, tc.eval_batch_size, tc.seq_length, self.device,
                                  char_lengths=self.val_lengths)
         val_loss = result.nats_per_token
-        if prog.step % tc.eval_every == 0:  # an extra validation (interrupt, end of run) must not move the
-            self._update_schedules(prog, val_loss)  # schedules, or a resumed run would differ from a straight one
+        if scheduled:
+            self._update_schedules(prog, val_loss)
         improved = val_loss < prog.best_val_loss
         prog.best_val_loss = min(prog.best_val_loss, val_loss)
         epoch = self.batcher.epoch_progress
@@ -482,7 +485,9 @@ def _with_absolute_paths(config: RunConfig) -> RunConfig:
     absolute = {name: str(Path(value).expanduser().absolute()) for name in ("path", "val_file", "test_file",
                                                                              "cache_dir")
                 if (value := getattr(data, name))}
-    return dataclasses.replace(config, data=dataclasses.replace(data, **absolute))
+    folder = str(Path(config.train.checkpoint_dir).expanduser().absolute())
+    return dataclasses.replace(config, data=dataclasses.replace(data, **absolute),
+                               train=dataclasses.replace(config.train, checkpoint_dir=folder))
 
 
 def _load_initial_weights(model: RecurrentLM, source: Checkpoint) -> None:
@@ -512,8 +517,8 @@ def _prepare_for(config: RunConfig, model_vocab, resumed: Checkpoint | None):
 def _check_same_corpus(ckpt: Checkpoint, digest: str) -> None:
     saved = ckpt.metrics.get("corpus_digest")
     if saved and saved != digest:
-        raise CorpusError("the training text changed since this checkpoint was written; resume needs the same file "
-                          "(use --init-from to fine-tune on new text)")
+        raise CorpusError("the training text (or how an older rnnlab prepared it) changed since this checkpoint was "
+                          "written; resume needs the same prepared text (use --init-from to go on training from it)")
 
 
 def _map_into_vocab(corpus_vocab: CharVocab, model_vocab: CharVocab, init_from) -> np.ndarray:
