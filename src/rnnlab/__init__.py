@@ -1,4 +1,4 @@
-"""rnnlab: train, sample and evaluate recurrent language models (RNN, GRU, LSTM) on PyTorch.
+"""rnnlab: train, sample and evaluate recurrent language models (RNN, GRU, LSTM, QRNN) on PyTorch.
 
 The public API is imported lazily (PEP 562), so tools that only prepare text never import torch.
 """
