@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rnnlab.config import (
+    PATH_SETTINGS,
     WINDOWED_SCHEMES,
     DataConfig,
     ModelConfig,
@@ -211,7 +212,7 @@ def _resume_config(checkpoint: str, overrides: dict, config_file: str | None) ->
     saved = ckpt.config
     saved.train.checkpoint_dir = str(ckpt.path.parent)  # keep writing next to the checkpoint being resumed
     for name, value in overrides.get("data", {}).items():  # checkpoints hold absolute paths
-        if name in ("path", "val_file", "test_file", "cache_dir") and value:
+        if name in PATH_SETTINGS and value:
             overrides["data"][name] = str(Path(value).expanduser().absolute())
     changed = {f"{section}.{key}" for section, values in overrides.items() for key, value in values.items()
                if getattr(getattr(saved, section), key) != value and key not in RESUME_ADJUSTABLE}

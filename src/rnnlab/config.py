@@ -35,6 +35,10 @@ def setting(default: Any, help: str, choices: tuple | None = None, flag: str | N
     return field(default=default, metadata=metadata)
 
 
+# DataConfig fields that name files or folders: stored absolute in checkpoints, so a run resumes anywhere
+PATH_SETTINGS = ("path", "val_file", "test_file", "cache_dir")
+
+
 @dataclass
 class DataConfig:
     path: str | None = setting(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlab.config import RunConfig
+from rnnlab.config import PATH_SETTINGS, RunConfig
 from rnnlab.data.batching import StreamBatcher, make_batcher
 from rnnlab.data.corpus import prepare_from_config
 from rnnlab.data.vocab import CharVocab, describe_chars
@@ -482,8 +482,7 @@ def _restore(ckpt: Checkpoint, model, step: TrainingStep, batcher: StreamBatcher
 
 def _with_absolute_paths(config: RunConfig) -> RunConfig:
     data = config.data
-    absolute = {name: str(Path(value).expanduser().absolute()) for name in ("path", "val_file", "test_file",
-                                                                             "cache_dir")
+    absolute = {name: str(Path(value).expanduser().absolute()) for name in PATH_SETTINGS
                 if (value := getattr(data, name))}
     folder = str(Path(config.train.checkpoint_dir).expanduser().absolute())
     return dataclasses.replace(config, data=dataclasses.replace(data, **absolute),
