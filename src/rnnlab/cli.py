@@ -34,7 +34,13 @@ from rnnlab.config import (
     overrides_from_args,
     unused_settings,
 )
-from rnnlab.data.corpus import encode_file_to_memmap, prepare_from_config, read_text_chunks, resolve_text_path
+from rnnlab.data.corpus import (
+    encode_file_to_memmap,
+    prepare_from_config,
+    read_text_chunks,
+    resolve_text_path,
+    user_cache_root,
+)
 from rnnlab.data.vocab import describe_chars
 from rnnlab.errors import ConfigError, CorpusError, RnnlabError
 
@@ -211,6 +217,11 @@ def _resume_config(checkpoint: str, overrides: dict, config_file: str | None) ->
     ckpt = load_checkpoint(checkpoint, prefer="last", weights_only=True)
     saved = ckpt.config
     saved.train.checkpoint_dir = str(ckpt.path.parent)  # keep writing next to the checkpoint being resumed
+    given_data = overrides.get("data", {})
+    if "cache_dir" not in given_data:
+        # a checkpoint's own paths are read (its text) but never written to unless the user names them:
+        # the cache goes where a fresh run on the user's --data would put it, else to the user's cache
+        saved.data.cache_dir = None if given_data.get("path") else str(user_cache_root())
     for name, value in overrides.get("data", {}).items():  # checkpoints hold absolute paths
         if name in PATH_SETTINGS and value:
             overrides["data"][name] = str(Path(value).expanduser().absolute())

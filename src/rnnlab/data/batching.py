@@ -65,8 +65,7 @@ class StreamBatcher:
     def load_state_dict(self, state: dict) -> None:
         if (state["batch_size"], state["seq_length"]) != (self.batch_size, self.seq_length):
             raise CorpusError("the resumed run's batch_size and seq_length must match the checkpoint's")
-        self.epoch = int(state["epoch"])
-        self.batch_index = int(state["batch_index"])
+        self.epoch, self.batch_index = saved_position(state, self.batches_per_epoch)
 
 
 def too_small_message(n_tokens: int, batch_size: int, seq_length: int, split_name: str) -> str:
@@ -136,7 +135,7 @@ class EquidistantBatcher:
     def load_state_dict(self, state: dict) -> None:
         if (state["batch_size"], state["seq_length"], state.get("k1")) != (self.batch_size, self.seq_length, self.k1):
             raise CorpusError("the resumed run's batch_size, k2 and k1 must match the checkpoint's")
-        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
+        self.epoch, self.batch_index = saved_position(state, self.batches_per_epoch)
 
 
 class RandomWindowBatcher:
@@ -168,7 +167,7 @@ class RandomWindowBatcher:
         return {"epoch": self.epoch, "batch_index": self.batch_index, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
+        self.epoch, self.batch_index = saved_position(state, self.batches_per_epoch)
         self.rng.bit_generator.state = state["rng"]
 
 
@@ -220,8 +219,27 @@ class VariableLengthBatcher:
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch_index, self.position = int(state["epoch"]), int(state["batch_index"]), state["position"]
+        self.epoch, self.batch_index = saved_position(state, self.column_length)
+        position = state["position"]
+        if position is not None:
+            position = _saved_count(position, "position", self.column_length - 6)
+        self.position = position
         self.rng.bit_generator.state = state["rng"]
+
+
+MAX_EPOCHS = 2 ** 40  # no run gets near this; a saved epoch beyond it is a corrupt checkpoint
+
+
+def saved_position(state: dict, batches_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batch_index) of a saved batcher, each in its range: a checkpoint is untrusted input."""
+    return (_saved_count(state["epoch"], "epoch", MAX_EPOCHS),
+            _saved_count(state["batch_index"], "batch_index", batches_per_epoch))
+
+
+def _saved_count(value, name: str, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise ValueError(f"the batcher's {name} must be an integer in [0, {limit}), got {value!r}")
+    return value
 
 
 def make_batcher(tokens: np.ndarray, config, id_map=None):

@@ -282,6 +282,10 @@ def default_cache_root(text_path: Path) -> Path:
     beside = folder / ".rnnlab_cache"
     if text_path != embedded_corpus_path() and _owned_and_writable(beside if beside.is_dir() else folder):
         return beside
+    return user_cache_root()
+
+
+def user_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rnnlab"
 
 

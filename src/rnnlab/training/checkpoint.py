@@ -12,6 +12,7 @@ checkpoint under its final name is always complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -27,14 +28,22 @@ from rnnlab.config import RunConfig
 from rnnlab.data.vocab import Vocab, vocab_from_dict
 from rnnlab.errors import CheckpointError, RnnlabError
 from rnnlab.models.lm import RecurrentLM
+from rnnlab.training.state import is_checkpoint_file_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a content checksum of the tensors
 METADATA_KEY = "rnnlab"
 SUFFIX = ".safetensors"
 POINTERS = ("best", "last")
 
+
+
+def _add_checksum_field(document: dict) -> dict:
+    """Format 1 had no checksum: such a file loads unverified."""
+    return {**document, "format_version": 2, "checksum": None}
+
+
 # format_version -> function upgrading a metadata document from that version to the next one.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _add_checksum_field}
 
 
 @dataclass
@@ -50,12 +59,23 @@ class Checkpoint:
 
     def build_model(self, device: str | torch.device = "cpu") -> RecurrentLM:
         model = RecurrentLM(self.config.model, len(self.vocab), self.config.train.state == "learned")
+        self.load_weights_into(model)
+        return model.to(device).eval()
+
+    def load_weights_into(self, model: torch.nn.Module) -> None:
+        """The saved weights into a model built from this checkpoint's config: every name, shape and
+        kind of number must fit (half-precision weights load into an fp32 model)."""
+        expected = model.state_dict()
+        misfit = [k for k, v in self.model_state.items()
+                  if k in expected and v.is_floating_point() != expected[k].is_floating_point()]
+        if misfit:
+            raise CheckpointError(f"{self.path}: weights do not fit the saved config ({misfit[0]} is "
+                                  f"{str(self.model_state[misfit[0]].dtype).removeprefix('torch.')})")
         try:
             model.load_state_dict(self.model_state)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{self.path}: weights do not fit the saved config ({first})") from None
-        return model.to(device).eval()
 
     def optimizer_state(self) -> dict | None:
         if self.optimizer_meta is None:
@@ -90,9 +110,26 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: RunConfig, vocab
     tensors.update(extra_tensors or {})
     # clone: parameters may be views of one shared buffer (the CPU engine's), which safetensors refuses
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    document["checksum"] = content_checksums(tensors)
     metadata = {METADATA_KEY: json.dumps(document, ensure_ascii=False)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return Path(path)
+
+
+def content_checksums(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """blake2b of the weights (`model`) and of the rest (`state`): names, dtypes, shapes and bytes.
+    A flipped bit on disk is caught; the weights alone are checked when only they are loaded."""
+    return {"model": _digest({k: v for k, v in tensors.items() if k.startswith("model.")}),
+            "state": _digest({k: v for k, v in tensors.items() if not k.startswith("model.")})}
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode("utf-8"))
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -133,9 +170,12 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path:
         if not pointer.is_file():
             raise CheckpointError(f"no checkpoint in {resolved} (no {prefer}.json pointer)")
         try:
-            target = resolved / json.loads(pointer.read_text(encoding="utf-8"))["file"]
-        except (ValueError, KeyError, TypeError):
+            name = json.loads(pointer.read_text(encoding="utf-8"))["file"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise CheckpointError(f"{pointer} is corrupt") from None
+        if not is_checkpoint_file_name(name):  # a pointer names a file of its own folder, nothing else
+            raise CheckpointError(f"{pointer} is corrupt: {name!r} is not a checkpoint file name inside the folder")
+        target = resolved / name
         if not target.is_file():
             raise CheckpointError(f"{pointer} points to a missing checkpoint: {target.name}")
         return target
@@ -151,6 +191,7 @@ def load_checkpoint(path: str | os.PathLike, prefer: str = "best", weights_only:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
             document = _parse_document(file, header)
+            written_as = document["format_version"]
             keys = [k for k in handle.keys() if not weights_only or k.startswith("model.")]
             tensors = {k: handle.get_tensor(k) for k in keys}
     except SafetensorError as exc:
@@ -173,8 +214,24 @@ def load_checkpoint(path: str | os.PathLike, prefer: str = "best", weights_only:
     if broken:
         raise CheckpointError(f"{file} holds non-finite (NaN or inf) weights: {', '.join(broken[:3])}")
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
-    return Checkpoint(file, config, vocab, _object(document, "metrics", file), _object(document, "trainer", file),
-                      model_state, document.get("optimizer"), rest)
+    metrics, trainer = _object(document, "metrics", file), _object(document, "trainer", file)
+    _verify_checksums(file, document.get("checksum"), written_as, model_state, rest, weights_only)
+    return Checkpoint(file, config, vocab, metrics, trainer, model_state, document.get("optimizer"), rest)
+
+
+def _verify_checksums(file: Path, saved, written_as: int, model_state: dict, rest: dict, weights_only: bool) -> None:
+    if saved is None and written_as < 2:  # written before checksums existed
+        return
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), str) for k in ("model", "state")):
+        raise CheckpointError(f"{file} has no valid checksum (a damaged or hand-made checkpoint)")
+    parts = [("model", {f"model.{k}": v for k, v in model_state.items()})]
+    if not weights_only:
+        parts.append(("state", rest))
+    for part, tensors in parts:
+        if _digest(tensors) != saved[part]:
+            what = "weights" if part == "model" else "training state"
+            raise CheckpointError(f"{file}: its {what} do not match the checksum saved with them (the file is "
+                                  f"damaged: a changed byte on disk or in transfer)")
 
 
 def _object(document: dict, key: str, file: Path) -> dict:
@@ -249,7 +306,7 @@ def prune_checkpoints(folder: Path, history: list[str], keep_last: int) -> list[
     protected = {(read_pointer(folder, which) or {}).get("file") for which in POINTERS}
     keep = set(history[-keep_last:]) | protected
     for name in history:
-        if name not in keep:
+        if name not in keep and is_checkpoint_file_name(name):  # (checked on load too: never leave the folder)
             (folder / name).unlink(missing_ok=True)
     return [name for name in history if name in keep]
 
@@ -260,4 +317,4 @@ def read_pointer(folder: Path, which: str) -> dict | None:
         pointer = json.loads((folder / f"{which}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return pointer if isinstance(pointer, dict) and "file" in pointer else None
+    return pointer if isinstance(pointer, dict) and is_checkpoint_file_name(pointer.get("file")) else None

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from rnnlab.training.checkpoint import (
 )
 from rnnlab.training.optim import WeightAverage, build_optimizer, learning_rate_at, nt_asgd_triggered, set_learning_rate
 from rnnlab.training.schemes import SequencePlan, plan_sequence, position_weights, starts_with_reset
+from rnnlab.training.state import Progress, StateError, check_training_state, restore_weight_average
 
 log = logging.getLogger("rnnlab")
 
@@ -76,37 +77,6 @@ class TrainResult:
     interrupted: bool = False
     hint: str = ""
     num_parameters: int = 0
-
-
-@dataclass
-class _Progress:
-    """The trainer's own position, saved in every checkpoint."""
-    step: int = 0
-    first_loss: float | None = None
-    best_val_loss: float = math.inf
-    elapsed: float = 0.0
-    tokens_seen: int = 0
-    saved: list = field(default_factory=list)  # checkpoint file names, oldest first
-    planned_steps: int = 0  # the schedule's horizon, fixed when the run starts
-    recent_losses: list = field(default_factory=list)  # train losses since the last validation
-    val_losses: list = field(default_factory=list)  # every validation so far (NT-ASGD's trigger, plateau)
-    plateau_factor: float = 1.0
-    evals_without_improvement: int = 0
-
-    def to_dict(self) -> dict:
-        return {"step": self.step, "first_loss": self.first_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
-                "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "saved": self.saved,
-                "planned_steps": self.planned_steps, "recent_losses": self.recent_losses,
-                "val_losses": self.val_losses, "plateau_factor": self.plateau_factor,
-                "evals_without_improvement": self.evals_without_improvement}
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "_Progress":
-        best = raw.get("best_val_loss")
-        return cls(raw["step"], raw.get("first_loss"), math.inf if best is None else best,
-                   raw.get("elapsed", 0.0), raw.get("tokens_seen", 0), list(raw.get("saved", [])),
-                   raw.get("planned_steps", 0), list(raw.get("recent_losses", [])), list(raw.get("val_losses", [])),
-                   raw.get("plateau_factor", 1.0), raw.get("evals_without_improvement", 0))
 
 
 def select_device(name: str) -> torch.device:
@@ -177,13 +147,9 @@ def train(config: RunConfig, *, resume: str | Path | None = None, init_from: str
         _load_initial_weights(model, source)
     optimizer = build_optimizer(model.parameters(), tc, device)
     step = TrainingStep(model, optimizer, resolve_precision(tc.precision, device), tc.grad_clip, device)
-    prog, carried = _Progress(), None
+    prog, carried = Progress(), None
     if resumed is not None:
-        try:
-            prog, carried = _restore(resumed, model, step, batcher, device)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise CheckpointError(f"{resumed.path}: its training state is corrupt ({type(exc).__name__}: {exc})") \
-                from None
+        prog, carried = _restore(resumed, model, step, batcher, device)
 
     folder = Path(tc.checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -279,7 +245,7 @@ class _Saver:
         self.folder, self.digest = folder, digest
         self.run_log = open(folder / "log.jsonl", "a", encoding="utf-8")
 
-    def _update_schedules(self, prog: _Progress, val_loss: float) -> None:
+    def _update_schedules(self, prog: Progress, val_loss: float) -> None:
         """After a validation: the plateau schedule's decay, and NT-ASGD's switch to averaging."""
         tc = self.config.train
         if prog.val_losses and val_loss >= min(prog.val_losses):
@@ -303,7 +269,7 @@ class _Saver:
     def close(self) -> None:
         self.run_log.close()
 
-    def validate_and_save(self, prog: _Progress, carried, scheduled: bool = False) -> Path:
+    def validate_and_save(self, prog: Progress, carried, scheduled: bool = False) -> Path:
         """Validate and checkpoint. Only the loop's validations every eval_every steps are `scheduled`
         and feed the plateau schedule and NT-ASGD: an extra one (an interruption, the end of the run)
         must not, or a resumed run would differ from a straight one."""
@@ -313,7 +279,7 @@ class _Saver:
         with averager.swapped_in() as raw:  # NT-ASGD evaluates and saves the averaged weights
             return self._validate_and_save(prog, carried, {f"raw.{i}": t for i, t in enumerate(raw)}, scheduled)
 
-    def _validate_and_save(self, prog: _Progress, carried, raw_tensors: dict, scheduled: bool) -> Path:
+    def _validate_and_save(self, prog: Progress, carried, raw_tensors: dict, scheduled: bool) -> Path:
         tc = self.config.train
         result = evaluate_tokens(self.model, self.val_tokens, tc.eval_batch_size, tc.seq_length, self.device,
                                  char_lengths=self.val_lengths)
@@ -422,7 +388,7 @@ def _progress_fraction(tc, step: int, planned: float, elapsed: float) -> float:
     return fraction
 
 
-def _finished(tc, prog: _Progress, batcher: StreamBatcher, elapsed: float, stop: StopRequest) -> bool:
+def _finished(tc, prog: Progress, batcher: StreamBatcher, elapsed: float, stop: StopRequest) -> bool:
     return (stop.requested
             or (tc.max_steps and prog.step >= tc.max_steps)
             or batcher.epoch_progress >= tc.max_epochs
@@ -448,36 +414,29 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
 
 
 def _restore(ckpt: Checkpoint, model, step: TrainingStep, batcher: StreamBatcher, device):
-    try:
-        model.load_state_dict(ckpt.model_state)
-    except RuntimeError:
-        raise CheckpointError(f"{ckpt.path}: its weights do not fit its own config") from None
-    state = ckpt.optimizer_state()
-    if state is None or "batcher" not in ckpt.trainer or "progress" not in ckpt.trainer \
-            or not ckpt.prefixed("rng.cpu."):
+    """Put a checkpoint's run back in place, every part checked against this run before it is used
+    (a crafted checkpoint must not reach the fused kernels with wrong shapes)."""
+    if ckpt.optimizer_meta is None or "progress" not in ckpt.trainer:
         raise CheckpointError(f"{ckpt.path} holds no training state to resume; use --init-from to start a new run "
                               f"from its weights")
-    step.optimizer.load_state_dict(state)
+    ckpt.load_weights_into(model)
+    optimizer_state = check_training_state(ckpt, model, step.optimizer, step.scaler, batcher.batch_size)
+    try:
+        prog = Progress.from_dict(ckpt.trainer["progress"])
+        batcher.load_state_dict(ckpt.trainer["batcher"])
+    except (StateError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.path}: its training state is corrupt ({exc})") from None
+    step.optimizer.load_state_dict(optimizer_state)
     if ckpt.trainer.get("grad_scaler"):
         step.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
-    averaging, raw_weights = ckpt.trainer.get("averaging"), ckpt.prefixed("raw.")
-    if averaging and not raw_weights:  # averaging switched on at this very validation: nothing averaged yet
-        step.averager = WeightAverage(model.parameters(), averaging["count"])
-    elif averaging:  # model.* holds the average; the raw weights go back into the model
-        params = list(model.parameters())
-        average = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, raw in zip(params, raw_weights, strict=True):
-                p.copy_(raw)
-        step.averager = WeightAverage(params, averaging["count"], average)
-    batcher.load_state_dict(ckpt.trainer["batcher"])
-    torch.set_rng_state(ckpt.prefixed("rng.cpu.")[0])
+    step.averager = restore_weight_average(ckpt, model)
+    torch.set_rng_state(ckpt.tensors["rng.cpu.0"])
     cuda_states = ckpt.prefixed("rng.cuda.")
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
     carried = tuple(t.to(device) for t in ckpt.prefixed("carry.")) if ckpt.trainer.get("has_carry") else None
-    log.info("resuming %s at step %d", ckpt.path.name, ckpt.trainer["progress"]["step"])
-    return _Progress.from_dict(ckpt.trainer["progress"]), carried
+    log.info("resuming %s at step %d", ckpt.path.name, prog.step)
+    return prog, carried
 
 
 def _with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -556,7 +515,3 @@ def fitting_hint(train_loss: float | None, val_loss: float | None) -> str:
         return (f"val loss {val_loss:.4f} nats/char is close to train loss {train_loss:.4f}: the model is likely "
                 f"underfitting; try a larger model (--hidden-size, --num-layers) or train longer")
     return f"train loss {train_loss:.4f} nats/char, val loss {val_loss:.4f}: a healthy gap"
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
