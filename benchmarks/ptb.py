@@ -32,7 +32,8 @@ from rnnlab.config import build_run_config  # noqa: E402
 from rnnlab.data.corpus import prepare_from_config  # noqa: E402
 from rnnlab.evaluation import evaluate_tokens  # noqa: E402
 from rnnlab.training.checkpoint import load_checkpoint  # noqa: E402
-from rnnlab.training.loop import TrainingStep, resolve_precision, train  # noqa: E402
+from rnnlab.training.loop import train  # noqa: E402
+from rnnlab.training.step import TrainingStep, resolve_precision  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 WORD_PRESET = CONFIGS / "word_ptb_awd_lstm_cpu.toml"

@@ -21,8 +21,8 @@ from rnnlab.config import ModelConfig, SampleConfig, TrainConfig
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.models.qrnn import linear_scan, reference_pool
 from rnnlab.sampling import generate, make_stepper
-from rnnlab.training.loop import TrainingStep
 from rnnlab.training.optim import build_optimizer
+from rnnlab.training.step import TrainingStep
 
 BATCH, SEQ, STEPS = 32, 128, 6
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from rnnlab.config import ModelConfig
 from rnnlab.models.lm import RecurrentLM
-from rnnlab.training.loop import TrainingStep
+from rnnlab.training.step import TrainingStep
 
 VOCAB, BATCH, SEQ, EMBED = 65, 64, 100, 64
 

@@ -12,14 +12,13 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rnnlab.cli import main
 from rnnlab.training.checkpoint import METADATA_KEY, content_checksums, load_checkpoint, read_pointer
 from rnnlab.training.loop import train
-
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

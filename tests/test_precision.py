@@ -8,9 +8,10 @@ from conftest import tiny_config
 from rnnlab.config import ModelConfig
 from rnnlab.errors import ConfigError
 from rnnlab.models.lm import RecurrentLM
-from rnnlab.training import loop
-from rnnlab.training.loop import TrainingStep, resolve_precision, train
+from rnnlab.training.checkpoint import load_checkpoint
+from rnnlab.training.loop import train
 from rnnlab.training.optim import WeightAverage
+from rnnlab.training.step import TrainingStep, resolve_precision
 
 
 def small_model(cell="lstm"):
@@ -78,4 +79,4 @@ def test_bf16_training_on_cpu_reaches_the_same_loss_region_as_fp32(tmp_path):
         result = train(tiny_config(tmp_path / precision, max_steps=30, precision=precision), progress_bar=False)
         losses[precision] = result.val_loss
     assert abs(losses["bf16"] - losses["fp32"]) < 0.1, losses
-    assert loop.load_checkpoint(tmp_path / "bf16").model_state["head.weight"].dtype == torch.float32
+    assert load_checkpoint(tmp_path / "bf16").model_state["head.weight"].dtype == torch.float32

@@ -12,8 +12,9 @@ from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.data.batching import EquidistantBatcher, RandomWindowBatcher, VariableLengthBatcher
 from rnnlab.errors import ConfigError
 from rnnlab.models.lm import RecurrentLM
-from rnnlab.training.loop import TrainingStep, train
+from rnnlab.training.loop import train
 from rnnlab.training.schemes import plan_sequence, position_weights
+from rnnlab.training.step import TrainingStep
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rnnlab.config import (
-    PATH_SETTINGS,
     WINDOWED_SCHEMES,
     DataConfig,
     ModelConfig,
@@ -29,8 +28,6 @@ from rnnlab.config import (
     add_flags,
     build_run_config,
     build_section,
-    load_toml,
-    merge,
     overrides_from_args,
     unused_settings,
 )
@@ -39,7 +36,6 @@ from rnnlab.data.corpus import (
     prepare_from_config,
     read_text_chunks,
     resolve_text_path,
-    user_cache_root,
 )
 from rnnlab.data.vocab import describe_chars
 from rnnlab.errors import ConfigError, CorpusError, RnnlabError
@@ -48,16 +44,6 @@ from rnnlab.errors import ConfigError, CorpusError, RnnlabError
 # --help) stay light: importing torch alone takes ~220 MB of memory.
 
 log = logging.getLogger("rnnlab")
-
-# Settings that may differ from the checkpoint's when resuming: they do not change the run's math
-# (the stop limits only move where the run ends; the cosine schedule follows the new horizon).
-RESUME_ADJUSTABLE = {"max_epochs", "max_steps", "max_minutes", "device", "threads", "eval_every", "log_every",
-                     "keep_last", "sample_length", "path", "cache_dir", "checkpoint_dir"}
-# Model settings that shape the weights: a run started --init-from a checkpoint keeps that checkpoint's.
-# Every other model setting (dropouts, weight drop, AR/TAR) may change; unless given, it is the checkpoint's.
-ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size", "qrnn_window", "qrnn_pooling",
-                "architecture", "dense_size", "head", "tie_weights", "adaptive_cutoffs", "mos_experts")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnlab", description="Train, sample and evaluate recurrent language models.")
@@ -168,19 +154,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_train(args) -> int:
     from rnnlab.training.loop import StopRequest, train
+    from rnnlab.training.run import resolve_run
 
     overrides = overrides_from_args(args)
     if args.data is not None:
         overrides.setdefault("data", {})["path"] = args.data
-    if args.resume and args.init_from:
-        raise ConfigError("--resume continues a run and --init-from starts a new one: give only one")
-    if args.resume:
-        config = _resume_config(args.resume, overrides, args.config)
-    elif args.init_from:
-        config = _init_from_config(args.init_from, overrides, args.config)
-    else:
-        config = build_run_config(args.config, overrides)
-
     stop = StopRequest()
 
     def request_stop(signum, _frame):
@@ -191,8 +169,8 @@ def cmd_train(args) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = train(config, resume=args.resume, init_from=args.init_from, stop=stop,
-                       progress_bar=not args.no_progress and not args.quiet)
+        run = resolve_run(args.config, overrides, resume=args.resume, init_from=args.init_from)
+        result = train(run, stop=stop, progress_bar=not args.no_progress and not args.quiet)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -200,6 +178,7 @@ def cmd_train(args) -> int:
     print(f"{'interrupted' if result.interrupted else 'done'} after {result.steps} steps "
           f"(epoch {result.epoch:.2f}); {result.num_parameters:,} parameters")
     print(f"last checkpoint: {result.last_checkpoint}")
+    config = run.config
     unit = "char" if config.data.tokenizer == "char" else "token"
     print(f"best checkpoint: {result.best_checkpoint} (val loss {result.best_val_loss:.4f} nats/{unit})")
     if result.hint:
@@ -207,53 +186,6 @@ def cmd_train(args) -> int:
     if config.train.sample_length and not result.interrupted:
         _print_preview(result.best_checkpoint, config.train.sample_length, config.train.seed)
     return 0
-
-
-def _resume_config(checkpoint: str, overrides: dict, config_file: str | None) -> RunConfig:
-    from rnnlab.training.checkpoint import load_checkpoint
-
-    if config_file:
-        raise ConfigError("--resume uses the checkpoint's own config; drop --config")
-    ckpt = load_checkpoint(checkpoint, prefer="last", weights_only=True)
-    saved = ckpt.config
-    saved.train.checkpoint_dir = str(ckpt.path.parent)  # keep writing next to the checkpoint being resumed
-    given_data = overrides.get("data", {})
-    if "cache_dir" not in given_data:
-        # a checkpoint's own paths are read (its text) but never written to unless the user names them:
-        # the cache goes where a fresh run on the user's --data would put it, else to the user's cache
-        saved.data.cache_dir = None if given_data.get("path") else str(user_cache_root())
-    for name, value in overrides.get("data", {}).items():  # checkpoints hold absolute paths
-        if name in PATH_SETTINGS and value:
-            overrides["data"][name] = str(Path(value).expanduser().absolute())
-    changed = {f"{section}.{key}" for section, values in overrides.items() for key, value in values.items()
-               if getattr(getattr(saved, section), key) != value and key not in RESUME_ADJUSTABLE}
-    if changed:
-        raise ConfigError(f"cannot change {', '.join(sorted(changed))} when resuming (it would not be the same run); "
-                          f"use --init-from to start a new run from the checkpoint")
-    config = RunConfig.from_dict(merge(saved.to_dict(), overrides))
-    config.validate()
-    return config
-
-
-def _init_from_config(checkpoint: str, overrides: dict, config_file: str | None) -> RunConfig:
-    from rnnlab.training.checkpoint import load_checkpoint
-
-    saved = load_checkpoint(checkpoint, weights_only=True).config
-    preset = load_toml(config_file) if config_file else {}
-    # (a section that is not a table is reported by build_run_config below)
-    given = {section: {**(preset[section] if isinstance(preset.get(section), dict) else {}),
-                       **overrides.get(section, {})} for section in ("model", "data")}
-    clash = [k for k in ARCHITECTURE if k in given["model"] and given["model"][k] != getattr(saved.model, k)]
-    if clash:
-        raise ConfigError(f"--init-from keeps the checkpoint's architecture; it has "
-                          f"{', '.join(f'{k}={getattr(saved.model, k)}' for k in clash)}")
-    vocabulary = [k for k in ("vocab_size", "min_count") if k in given["data"]]
-    if vocabulary:
-        raise ConfigError(f"--init-from keeps the checkpoint's vocabulary; drop "
-                          f"{' and '.join('--' + k.replace('_', '-') for k in vocabulary)}")
-    # the checkpoint's model and tokenizer stand in for the defaults; the preset and flags go on top
-    return build_run_config(config_file, overrides,
-                            defaults={"model": saved.model.__dict__, "data": {"tokenizer": saved.data.tokenizer}})
 
 
 def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
@@ -271,7 +203,7 @@ def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
 def cmd_sample(args) -> int:
     from rnnlab.sampling import beam_search, make_stepper
     from rnnlab.training.checkpoint import load_checkpoint
-    from rnnlab.training.loop import select_device
+    from rnnlab.training.step import select_device
 
     overrides = overrides_from_args(args).get("sample", {})
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
@@ -346,7 +278,7 @@ def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: st
 def cmd_eval(args) -> int:
     from rnnlab.evaluation import dynamic_evaluate, evaluate_tokens
     from rnnlab.training.checkpoint import load_checkpoint
-    from rnnlab.training.loop import select_device
+    from rnnlab.training.step import select_device
 
     dynamic_flags = (("--dynamic-lr", args.dynamic_lr), ("--dynamic-decay", args.dynamic_decay))
     given_dynamic = [flag for flag, value in dynamic_flags if value is not None]

@@ -29,37 +29,55 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 def setting(default: Any, help: str, choices: tuple | None = None, flag: str | None = None,
-            aliases: tuple[str, ...] = ()) -> Any:
-    """A dataclass field that carries its CLI help text (and optional choices, flag name, aliases)."""
-    metadata = {"help": help, "choices": choices, "flag": flag, "aliases": aliases}
+            aliases: tuple[str, ...] = (), *, resumable: bool = False, shapes_weights: bool = False,
+            is_path: bool = False, needs: tuple[Callable[["RunConfig"], bool], str] | None = None) -> Any:
+    """A dataclass field that carries its CLI help text (and optional choices, flag name, aliases) and
+    the policies that concern it:
+    resumable: `--resume` may give it again (stop limits, cadence, where things go): the run stays the same;
+    shapes_weights: it shapes the weights, so a run started `--init-from` a checkpoint keeps the checkpoint's;
+    is_path: it names a file or folder, stored absolute so a run resumes from anywhere;
+    needs: (is it used by this config?, what it needs), so a setting given without effect is reported."""
+    metadata = {"help": help, "choices": choices, "flag": flag, "aliases": aliases, "resumable": resumable,
+                "shapes_weights": shapes_weights, "is_path": is_path, "needs": needs}
     return field(default=default, metadata=metadata)
 
 
-# DataConfig fields that name files or folders: stored absolute in checkpoints, so a run resumes anywhere
-PATH_SETTINGS = ("path", "val_file", "test_file", "cache_dir")
+def marked(section_type: type, policy: str) -> tuple[str, ...]:
+    """The names of a config section's fields that carry `policy` (see setting())."""
+    return tuple(f.name for f in dataclasses.fields(section_type) if f.metadata.get(policy))
+
+
+def _single_file(data: "DataConfig") -> bool:
+    """Whether the corpus is one text cut by fractions (a folder without input.txt holds split files)."""
+    folder = Path(data.path).expanduser() if data.path else None
+    return not data.val_file and not (folder and folder.is_dir() and not (folder / "input.txt").is_file())
+
+
+_SINGLE_FILE = (lambda c: _single_file(c.data),
+                "a single corpus file (not --val-file or a folder of train/valid/test files)")
 
 
 @dataclass
 class DataConfig:
     path: str | None = setting(
         None, "UTF-8 text file, or a folder holding input.txt (default: embedded tinyshakespeare)", flag="data"
-    )
-    val_frac: float = setting(0.05, "fraction of the corpus (its end, before test) used for validation")
-    test_frac: float = setting(0.05, "fraction of the corpus (its very end) held out for testing")
+    , is_path=True, resumable=True)
+    val_frac: float = setting(0.05, "fraction of the corpus (its end, before test) used for validation", needs=_SINGLE_FILE)
+    test_frac: float = setting(0.05, "fraction of the corpus (its very end) held out for testing", needs=_SINGLE_FILE)
     cache_dir: str | None = setting(
         None, "where prepared token files go (default: .rnnlab_cache next to the input, else ~/.cache/rnnlab)"
-    )
+    , is_path=True, resumable=True)
     val_file: str | None = setting(None, "a separate validation file (then DATA is the training text and the "
                                          "fractions are not used; a folder with train/valid/test files, like "
-                                         "ptb.train.txt, is found by itself)")
-    test_file: str | None = setting(None, "a separate test file (with --val-file)")
+                                         "ptb.train.txt, is found by itself)", is_path=True)
+    test_file: str | None = setting(None, "a separate test file (with --val-file)", is_path=True)
     tokenizer: str = setting("char", "char: Unicode characters; word: whitespace-separated words with <eos> at line "
                              "ends and <unk> for rare words (PTB/WikiText conventions); bpe: byte-level BPE "
                              "trained on the training text (Hugging Face tokenizers)", choices=("char", "word", "bpe"))
     vocab_size: int = setting(0, "word: keep at most this many ids, the most frequent words (0 = all); bpe: the "
-                                 "vocabulary to learn (0 = 4096); char: not used")
+                                 "vocabulary to learn (0 = 4096); char: not used", shapes_weights=True)
     min_count: int = setting(1, "word: words seen fewer times become <unk>; bpe: merges seen fewer times are not "
-                                "learned")
+                                "learned", shapes_weights=True)
 
     def validate(self) -> None:
         _check_choices(self)
@@ -88,35 +106,35 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     cell: str = setting("lstm", "recurrent cell (qrnn: quasi-recurrent, gates from a convolution, parallel pooling)",
-                        choices=("lstm", "gru", "rnn", "qrnn"))
-    qrnn_window: int = setting(2, "QRNN convolution width: 1 (x_t) or 2 (x_t and x_(t-1))", choices=(1, 2))
-    qrnn_pooling: str = setting("fo", "QRNN pooling", choices=("f", "fo", "ifo"))
-    num_layers: int = setting(2, "number of stacked recurrent layers")
-    hidden_size: int = setting(512, "units per recurrent layer")
-    embedding_size: int = setting(128, "input embedding width; 0 feeds one-hot vectors as char-rnn does")
+                        choices=("lstm", "gru", "rnn", "qrnn"), shapes_weights=True)
+    qrnn_window: int = setting(2, "QRNN convolution width: 1 (x_t) or 2 (x_t and x_(t-1))", choices=(1, 2), shapes_weights=True, needs=(lambda c: c.model.cell == "qrnn", "--cell qrnn"))
+    qrnn_pooling: str = setting("fo", "QRNN pooling", choices=("f", "fo", "ifo"), shapes_weights=True, needs=(lambda c: c.model.cell == "qrnn", "--cell qrnn"))
+    num_layers: int = setting(2, "number of stacked recurrent layers", shapes_weights=True)
+    hidden_size: int = setting(512, "units per recurrent layer", shapes_weights=True)
+    embedding_size: int = setting(128, "input embedding width; 0 feeds one-hot vectors as char-rnn does", shapes_weights=True)
     dropout: float = setting(0.25, "dropout between recurrent layers and before the output layer, in [0, 1)")
     architecture: str = setting("default", "default: recurrent layers -> linear output; paper: one-hot input, "
                                 "LSTM layers, a dense 1024 leaky-ReLU (0.01) layer, then the output, with orthogonal "
                                 "recurrent and Glorot-uniform dense initialization (and, unless set, the paper's "
-                                "Adam 1e-3, batch 64, clipping at 50, no dropout)", choices=("default", "paper"))
-    dense_size: int = setting(1024, "width of the paper architecture's dense layer")
+                                "Adam 1e-3, batch 64, clipping at 50, no dropout)", choices=("default", "paper"), shapes_weights=True)
+    dense_size: int = setting(1024, "width of the paper architecture's dense layer", shapes_weights=True, needs=(lambda c: c.model.architecture == "paper", "--architecture paper"))
     head: str = setting("softmax", "output layer: softmax (linear + softmax), adaptive (PyTorch's adaptive softmax: "
                         "frequent tokens cheap, rare ones in smaller clusters; ids must be sorted by frequency, as "
                         "word vocabularies are) or mos (mixture of --mos-experts softmaxes)",
-                        choices=("softmax", "adaptive", "mos"))
+                        choices=("softmax", "adaptive", "mos"), shapes_weights=True)
     tie_weights: bool = setting(False, "share the output layer's weights with the embedding (a linear projection "
-                                       "maps the last layer to the embedding width when they differ)")
-    adaptive_cutoffs: str = setting("", "adaptive softmax cluster boundaries, e.g. 2000,10000 (default: V/10,V/3)")
-    mos_experts: int = setting(5, "softmaxes mixed by the mos head")
+                                       "maps the last layer to the embedding width when they differ)", shapes_weights=True)
+    adaptive_cutoffs: str = setting("", "adaptive softmax cluster boundaries, e.g. 2000,10000 (default: V/10,V/3)", shapes_weights=True, needs=(lambda c: c.model.head == "adaptive", "--head adaptive"))
+    mos_experts: int = setting(5, "softmaxes mixed by the mos head", shapes_weights=True, needs=(lambda c: c.model.head == "mos", "--head mos"))
     dropout_embedding: float = setting(0.0, "AWD-LSTM embedding dropout: drop whole tokens (rows of the embedding)")
     dropout_input: float = setting(0.0, "AWD-LSTM locked (variational) dropout on the first layer's inputs")
-    dropout_hidden: float = setting(0.0, "AWD-LSTM locked dropout between recurrent layers, one mask per sequence")
+    dropout_hidden: float = setting(0.0, "AWD-LSTM locked dropout between recurrent layers, one mask per sequence", needs=(lambda c: c.model.num_layers > (2 if c.model.dropout_last_input is not None else 1), "--num-layers 2 or more (3 or more with --dropout-last-input)"))
     dropout_output: float = setting(0.0, "AWD-LSTM locked dropout on the last recurrent layer's outputs")
     weight_drop: float = setting(0.0, "AWD-LSTM weight drop: DropConnect on the hidden-to-hidden weights, one mask "
                                       "per sequence, inside the fused kernel's weights")
     dropout_last_input: float | None = setting(
         None, "locked dropout on the last recurrent layer's input, when it should differ from --dropout-hidden "
-              "(LSTMLM gives the last layer its own keep probability: with tied weights it is often narrower)")
+              "(LSTMLM gives the last layer its own keep probability: with tied weights it is often narrower)", needs=(lambda c: c.model.num_layers > 1, "--num-layers 2 or more"))
     weight_drop_input: float = setting(0.0, "DropConnect on the input-to-hidden weights W, one mask per sequence "
                                             "(LSTMLM's input_weight_keep_prob = 1 - this)")
     dropout_recurrent: float = setting(0.0, "LSTM recurrent dropout on the candidate tanh(g), one mask per sequence "
@@ -181,10 +199,10 @@ class TrainConfig:
                          "k1 <= k2 uses every position")
     loss_positions: str = setting("all", "positions that carry a loss: all k2 (multi-loss), the last one "
                                   "(single-loss) or the last k3", choices=("all", "last", "last-k"))
-    k3: int = setting(1, "with --loss-positions last-k: the number of final positions that carry a loss")
+    k3: int = setting(1, "with --loss-positions last-k: the number of final positions that carry a loss", needs=(lambda c: c.train.loss_positions == "last-k", "--loss-positions last-k"))
     loss_decay: str = setting("none", "weight of earlier positions in the loss (the paper's section 5): none, "
                               "linear (i/(k2-1)) or exponential (e^(i-k2+1))",
-                              choices=("none", "linear", "exponential"))
+                              choices=("none", "linear", "exponential"), needs=(lambda c: c.train.loss_positions != "last", "--loss-positions all or last-k"))
     state: str = setting("carry", "initial state of every sequence: carry (the state reached after k1 steps of "
                          "the previous sequence, detached), zero, or learned (trainable h0/c0)",
                          choices=("carry", "zero", "learned"))
@@ -205,38 +223,39 @@ class TrainConfig:
                              choices=("adam", "adamw", "amsgrad", "rmsprop", "sgd", "adagrad", "adadelta",
                                       "nt-asgd"))
     nt_asgd_interval: int = setting(5, "nt-asgd: average once val loss is worse than the best of all earlier "
-                                       "validations but the N just before it (AWD-LSTM's nonmono)")
+                                       "validations but the N just before it (AWD-LSTM's nonmono)", needs=(lambda c: c.train.optimizer == "nt-asgd", "--optimizer nt-asgd"))
     weight_decay: float = setting(0.0, "L2 penalty (decoupled for adamw)")
-    momentum: float = setting(0.9, "momentum of sgd (Nesterov)")
+    momentum: float = setting(0.9, "momentum of sgd (Nesterov)", needs=(lambda c: c.train.optimizer == "sgd", "--optimizer sgd"))
     schedule: str = setting(
         "cosine", "learning-rate schedule: none (constant), char-rnn (per-epoch decay), cosine, cyclic (triangular "
         "between min_lr_frac and 1 of the peak every cycle_steps), plateau (times decay_rate after `patience` "
         "validations without improvement)", choices=("none", "constant", "char-rnn", "cosine", "cyclic", "plateau"))
-    cycle_steps: int = setting(2000, "cyclic schedule: steps per up-and-down cycle")
-    patience: int = setting(2, "plateau schedule: validations without improvement before the rate decays")
+    cycle_steps: int = setting(2000, "cyclic schedule: steps per up-and-down cycle", needs=(lambda c: c.train.schedule == "cyclic", "--schedule cyclic"))
+    patience: int = setting(2, "plateau schedule: validations without improvement before the rate decays", needs=(lambda c: c.train.schedule == "plateau", "--schedule plateau"))
     warmup_steps: int = setting(0, "linear warm-up steps at the start of the schedule")
-    decay_after: int = setting(10, "char-rnn schedule: first epoch after which the rate decays")
-    decay_rate: float = setting(0.97, "char-rnn schedule: factor applied once per epoch after decay_after")
-    min_lr_frac: float = setting(0.05, "cosine schedule: final rate as a fraction of the peak")
+    decay_after: int = setting(10, "char-rnn schedule: first epoch after which the rate decays", needs=(lambda c: c.train.schedule == "char-rnn", "--schedule char-rnn"))
+    decay_rate: float = setting(0.97, "char-rnn schedule: factor applied once per epoch after decay_after", needs=(lambda c: c.train.schedule in ("char-rnn", "plateau"), "--schedule char-rnn or plateau"))
+    min_lr_frac: float = setting(0.05, "cosine schedule: final rate as a fraction of the peak", needs=(lambda c: c.train.schedule in ("cosine", "cyclic"), "--schedule cosine or cyclic"))
     grad_clip: float = setting(5.0, "clip the global gradient norm to this (0 disables)")
     precision: str = setting(
         "auto", "autocast precision of the forward pass (weights stay fp32): auto picks bf16 where the CPU or GPU "
         "computes it natively (~1.4x faster on AVX512-BF16 CPUs), else fp32; fp16 adds a gradient scaler (CUDA)",
         choices=("auto", "fp32", "bf16", "fp16"))
-    max_epochs: float = setting(50.0, "stop after this many passes over the training split")
-    max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)")
-    max_minutes: float = setting(0.0, "stop after this many minutes of training (0 = no limit)")
-    eval_every: int = setting(500, "validate on the whole val split and checkpoint every N steps")
+    max_epochs: float = setting(50.0, "stop after this many passes over the training split", resumable=True)
+    max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)", resumable=True)
+    max_minutes: float = setting(0.0, "stop after this many minutes of training (0 = no limit)", resumable=True)
+    eval_every: int = setting(500, "validate on the whole val split and checkpoint every N steps", resumable=True)
     eval_batch_size: int = setting(64, "parallel streams when validating")
-    log_every: int = setting(50, "write a train-loss line to the run log every N steps")
-    checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written")
-    keep_last: int = setting(3, "keep the newest N checkpoints (the best one is always kept)")
+    log_every: int = setting(50, "write a train-loss line to the run log every N steps", resumable=True)
+    checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written", resumable=True,
+                                  is_path=True)
+    keep_last: int = setting(3, "keep the newest N checkpoints (the best one is always kept)", resumable=True)
     loss_guard: float = setting(3.0, "stop when the loss exceeds this multiple of the first loss (0 disables)")
     sample_length: int = setting(200, "tokens (characters, for a char model) of preview printed after training "
-                                      "(0 disables)")
+                                      "(0 disables)", resumable=True)
     seed: int = setting(1234, "seed for weights, batching, dropout and previews")
-    device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda"))
-    threads: int = setting(0, "CPU threads for PyTorch (0 = all cores)")
+    device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda"), resumable=True)
+    threads: int = setting(0, "CPU threads for PyTorch (0 = all cores)", resumable=True)
 
     def validate(self) -> None:
         _check_choices(self)
@@ -356,6 +375,11 @@ class RunConfig:
     def from_dict(cls, raw: dict) -> "RunConfig":
         return cls(**{name: _section_from_dict(section_type, raw.get(name, {}), name)
                       for name, section_type in _sections(cls).items()})
+
+
+def sections() -> dict[str, type]:
+    """A RunConfig's section names and their dataclasses."""
+    return _sections(RunConfig)
 
 
 def _sections(cls: type) -> dict[str, type]:
@@ -502,46 +526,15 @@ def build_run_config(config_file: str | None, overrides: dict, defaults: dict | 
     return config
 
 
-# (section, setting) -> (is it used by this config?, what it needs): settings that only matter with
-# another choice, so a user who sets one without it hears so instead of silently getting nothing.
-_NEEDS: dict[tuple[str, str], tuple[Callable[[RunConfig], bool], str]] = {
-    ("model", "qrnn_window"): (lambda c: c.model.cell == "qrnn", "--cell qrnn"),
-    ("model", "qrnn_pooling"): (lambda c: c.model.cell == "qrnn", "--cell qrnn"),
-    ("model", "adaptive_cutoffs"): (lambda c: c.model.head == "adaptive", "--head adaptive"),
-    ("model", "mos_experts"): (lambda c: c.model.head == "mos", "--head mos"),
-    ("model", "dense_size"): (lambda c: c.model.architecture == "paper", "--architecture paper"),
-    ("model", "dropout_hidden"): (lambda c: c.model.num_layers > (2 if c.model.dropout_last_input is not None else 1),
-                                  "--num-layers 2 or more (3 or more with --dropout-last-input)"),
-    ("model", "dropout_last_input"): (lambda c: c.model.num_layers > 1, "--num-layers 2 or more"),
-    ("train", "momentum"): (lambda c: c.train.optimizer == "sgd", "--optimizer sgd"),
-    ("train", "nt_asgd_interval"): (lambda c: c.train.optimizer == "nt-asgd", "--optimizer nt-asgd"),
-    ("train", "cycle_steps"): (lambda c: c.train.schedule == "cyclic", "--schedule cyclic"),
-    ("train", "patience"): (lambda c: c.train.schedule == "plateau", "--schedule plateau"),
-    ("train", "decay_after"): (lambda c: c.train.schedule == "char-rnn", "--schedule char-rnn"),
-    ("train", "decay_rate"): (lambda c: c.train.schedule in ("char-rnn", "plateau"),
-                              "--schedule char-rnn or plateau"),
-    ("train", "min_lr_frac"): (lambda c: c.train.schedule in ("cosine", "cyclic"), "--schedule cosine or cyclic"),
-    ("train", "k3"): (lambda c: c.train.loss_positions == "last-k", "--loss-positions last-k"),
-    ("train", "loss_decay"): (lambda c: c.train.loss_positions != "last", "--loss-positions all or last-k"),
-    ("data", "val_frac"): (lambda c: _single_file(c.data), "a single corpus file (not --val-file or a folder of "
-                                                           "train/valid/test files)"),
-    ("data", "test_frac"): (lambda c: _single_file(c.data), "a single corpus file (not --val-file or a folder of "
-                                                            "train/valid/test files)"),
-}
-
-
-def _single_file(data: DataConfig) -> bool:
-    """Whether the corpus is one text cut by fractions (a folder without input.txt holds split files)."""
-    folder = Path(data.path).expanduser() if data.path else None
-    return not data.val_file and not (folder and folder.is_dir() and not (folder / "input.txt").is_file())
-
-
 def unused_settings(config: RunConfig, explicit: dict) -> list[str]:
     """Messages for settings given explicitly (flags or TOML) that this config never reads."""
     messages = []
-    for (section, name), (used, needs) in _NEEDS.items():
-        if name in explicit.get(section, {}) and not used(config):
-            messages.append(f"{_flag(section, name)} has no effect here: it needs {needs}")
+    for section, section_type in _sections(RunConfig).items():
+        for f in dataclasses.fields(section_type):
+            if f.metadata.get("needs") and f.name in explicit.get(section, {}):
+                used, needs = f.metadata["needs"]
+                if not used(config):
+                    messages.append(f"{_flag(section, f.name)} has no effect here: it needs {needs}")
     if config.model.head == "adaptive" and config.data.tokenizer != "word":
         messages.append(f"--head adaptive puts the lowest ids in its cheapest cluster, which assumes ids sorted by "
                         f"frequency (word vocabularies are); {config.data.tokenizer} ids are not, so its clusters "

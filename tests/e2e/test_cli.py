@@ -258,15 +258,15 @@ def test_init_from_takes_new_regularizers_and_keeps_the_architecture(tmp_path, c
 def test_ctrl_c_while_preparing_stops_at_once_without_a_checkpoint(tmp_path, capsys, monkeypatch):
     import os
 
-    import rnnlab.training.loop as loop
-    real = loop.prepare_from_config
+    import rnnlab.training.run as setup  # where a run is set up and its corpus prepared
+    real = setup.prepare_from_config
 
     def interrupted_prepare(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while the corpus is being prepared
         time.sleep(0.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "prepare_from_config", interrupted_prepare)
+    monkeypatch.setattr(setup, "prepare_from_config", interrupted_prepare)
     code, out, err = run(capsys, "train", *TINY, "--max-steps", 5, "--checkpoint-dir", tmp_path / "ck")
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "ck").exists()

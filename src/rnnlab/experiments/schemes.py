@@ -20,19 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rnnlab.config import WINDOWED_SCHEMES, RunConfig, SampleConfig, build_run_config
-from rnnlab.data.batching import make_batcher
 from rnnlab.data.corpus import prepare_corpus
 from rnnlab.errors import ConfigError, RnnlabError
 from rnnlab.evaluation import evaluate_tokens
-from rnnlab.models.lm import RecurrentLM
 from rnnlab.sampling import generate, make_stepper
 from rnnlab.training.checkpoint import load_checkpoint
-from rnnlab.training.loop import TrainingStep, resolve_precision, train
-from rnnlab.training.optim import build_optimizer
-from rnnlab.training.schemes import plan_sequence, position_weights
+from rnnlab.training.loop import train, train_batch
+from rnnlab.training.run import resolve_run
 
 SCHEME_NAMES = {
     1: "scheme 1: multi-loss, learned h0, windowed sampling",
@@ -82,31 +78,22 @@ def scheme_config(settings: ExperimentSettings, scheme: int, layers: int, hidden
 
 # --- (a) Table 4: time per training batch and per sampled token ----------------------------------
 
-def time_scheme(settings: ExperimentSettings, corpus, scheme: int, layers: int, hidden: int) -> dict:
-    config = scheme_config(settings, scheme, layers, hidden, settings.out / "unused", 1)
-    tc = config.train
-    torch.manual_seed(settings.seed)
-    model = RecurrentLM(config.model, len(corpus.vocab), learned_initial_state=tc.state == "learned")
-    device = torch.device("cpu")
-    step = TrainingStep(model, build_optimizer(model.parameters(), tc, device),
-                        resolve_precision(tc.precision, device), tc.grad_clip, device)
-    batcher = make_batcher(corpus.splits(config.data.val_frac, config.data.test_frac).train, tc)
-    carried, seconds = None, []
+def time_scheme(settings: ExperimentSettings, scheme: int, layers: int, hidden: int) -> dict:
+    """ms per training batch (the loop's own train_batch) and per sampled token of one scheme x model."""
+    run = resolve_run(scheme_config(settings, scheme, layers, hidden, settings.out / "unused", 1))
+    seconds = []
     for index in range(settings.timing_batches + 1):
-        batch = batcher.next_batch()
         start = time.perf_counter()
-        initial = carried if tc.state == "carry" and not batch.starts_epoch else None
-        loss, carried = step(batch.inputs, batch.targets, initial, plan_sequence(batch.inputs.shape[1], 0, tc),
-                             position_weights(batch.inputs.shape[1], tc))
-        loss.item()
+        train_batch(run, elapsed=0.0)
         if index:  # the first batch warms up allocators and kernels
             seconds.append(time.perf_counter() - start)
+    model = run.model
     model.eval()
     windowed = scheme in WINDOWED_SCHEMES
     tokens = max(settings.timing_tokens // (10 if windowed else 1), 5)
     sample = SampleConfig(length=tokens, sampling="windowed" if windowed else "progressive", window=settings.k2)
     stepper = make_stepper(model, sample)
-    prime = list(np.asarray(batcher.next_batch().inputs[0, :settings.k2]))
+    prime = list(np.asarray(run.batcher.next_batch().inputs[0, :settings.k2]))
     start = time.perf_counter()
     for _ in generate(stepper, prime, sample):
         pass
@@ -187,7 +174,7 @@ def run_schemes_experiment(settings: ExperimentSettings, log=print) -> dict:
     rows = []
     for layers, hidden in settings.architectures:
         for scheme in SCHEME_NAMES:
-            rows.append(time_scheme(settings, corpus, scheme, layers, hidden))
+            rows.append(time_scheme(settings, scheme, layers, hidden))
             log(f"timing {layers}x{hidden} scheme {scheme}: {rows[-1]['train_ms_per_batch']:.1f} ms/batch, "
                 f"{rows[-1]['sample_ms_per_token']:.2f} ms/token")
     table = timing_table(rows, settings.architectures)

@@ -324,3 +324,29 @@ def restore_weight_average(ckpt, model) -> WeightAverage | None:
         for p, saved in zip(params, raw, strict=True):
             p.copy_(saved)
     return WeightAverage(params, averaging["count"], average)
+
+
+def restore_training_state(ckpt, model, step, batcher, device) -> tuple[Progress, tuple | None]:
+    """Put a checkpoint's run back in place — weights, optimizer, grad scaler, NT-ASGD average,
+    batcher position, RNG, carried state — every part checked against this run before it is used.
+    Returns the progress and the carried state."""
+    if ckpt.optimizer_meta is None or "progress" not in ckpt.trainer:
+        raise CheckpointError(f"{ckpt.path} holds no training state to resume; use --init-from to start a new run "
+                              f"from its weights")
+    ckpt.load_weights_into(model)
+    optimizer_state = check_training_state(ckpt, model, step.optimizer, step.scaler, batcher.batch_size)
+    try:
+        progress = Progress.from_dict(ckpt.trainer["progress"])
+        batcher.load_state_dict(ckpt.trainer["batcher"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.path}: its training state is corrupt ({exc})") from None
+    step.optimizer.load_state_dict(optimizer_state)
+    if ckpt.trainer.get("grad_scaler"):
+        step.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
+    step.averager = restore_weight_average(ckpt, model)
+    torch.set_rng_state(ckpt.tensors["rng.cpu.0"])
+    cuda_states = ckpt.prefixed("rng.cuda.")
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
+    carried = tuple(t.to(device) for t in ckpt.prefixed("carry.")) if ckpt.trainer.get("has_carry") else None
+    return progress, carried
