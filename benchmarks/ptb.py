@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
@@ -32,8 +31,8 @@ from rnnlab.config import build_run_config  # noqa: E402
 from rnnlab.data.corpus import prepare_from_config  # noqa: E402
 from rnnlab.evaluation import evaluate_tokens  # noqa: E402
 from rnnlab.training.checkpoint import load_checkpoint  # noqa: E402
-from rnnlab.training.loop import train  # noqa: E402
-from rnnlab.training.step import TrainingStep, resolve_precision  # noqa: E402
+from rnnlab.training.loop import train, train_batch  # noqa: E402
+from rnnlab.training.run import resolve_run  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 WORD_PRESET = CONFIGS / "word_ptb_awd_lstm_cpu.toml"
@@ -79,30 +78,19 @@ def run_and_test(preset: Path, data: str, epochs: float, model_overrides: dict, 
 
 
 def precision_speed(data: str, steps: int, repeats: int) -> None:
-    """Training tokens/s of the CPU preset's step in fp32 and bf16, interleaved, same process."""
-    config = build_run_config(str(WORD_PRESET), {"data": {"path": data}})
-    corpus = prepare_from_config(config.data)
-    from rnnlab.data.batching import make_batcher
-    from rnnlab.models.lm import RecurrentLM
-    from rnnlab.training.optim import build_optimizer
-
-    device = torch.device("cpu")
+    """Training tokens/s of the CPU preset's step (the loop's own train_batch) in fp32 and bf16,
+    interleaved, same process."""
     rates = {"fp32": [], "bf16": []}
     for _ in range(repeats):
         for precision in rates:
-            torch.manual_seed(0)
-            model = RecurrentLM(config.model, len(corpus.vocab))
-            step = TrainingStep(model, build_optimizer(model.parameters(), config.train, device),
-                                resolve_precision(precision, device), config.train.grad_clip, device)
-            batcher = make_batcher(corpus.splits(0, 0).train, config.train)
-            state, tokens, elapsed = None, 0, 0.0
+            run = resolve_run(str(WORD_PRESET), {"data": {"path": data}, "train": {"precision": precision}})
+            tokens, elapsed = 0, 0.0
             for i in range(steps + 3):  # 3 warm-up steps
-                batch = batcher.next_batch()
-                started = time.perf_counter()
-                _, state = step(batch.inputs, batch.targets, state, None, None)
+                before, started = run.progress.tokens_seen, time.perf_counter()
+                train_batch(run, elapsed=0.0)
                 if i >= 3:
                     elapsed += time.perf_counter() - started
-                    tokens += batch.inputs.numel()
+                    tokens += run.progress.tokens_seen - before
             rates[precision].append(tokens / elapsed)
     for precision, values in rates.items():
         print(f"{precision}: median {statistics.median(values):,.0f} tokens/s (range {min(values):,.0f}-"

@@ -25,7 +25,7 @@ from common import Timer, machine, summary
 
 from rnnlab.config import ModelConfig, SampleConfig
 from rnnlab.models.lm import RecurrentLM
-from rnnlab.sampling import generate, make_stepper, start
+from rnnlab.sampling import generate, largest_probability_gap, make_stepper
 
 
 def chars_per_second(stepper, config: SampleConfig, repeats: int) -> list[float]:
@@ -41,21 +41,6 @@ def interleaved(steppers: dict, config: SampleConfig, repeats: int) -> dict[str,
                 count = sum(1 for _ in generate(stepper, [0, 1, 2], config))
             rates[name].append(count * config.num_samples / t.seconds)
     return rates
-
-
-@torch.inference_mode()
-def largest_probability_gap(model, engine, steps=500) -> float:
-    gap = 0.0
-    logits_a, state_a = start(model, [0, 1, 2], 1)
-    logits_b, state_b = start(engine, [0, 1, 2], 1)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        pa, pb = torch.softmax(logits_a.float(), -1), torch.softmax(logits_b.float(), -1)
-        gap = max(gap, (pa - pb).abs().max().item())
-        token = torch.multinomial(pa, 1, generator=generator)[:, 0]
-        logits_a, state_a = model.step(token, state_a)
-        logits_b, state_b = engine.step(token, state_b)
-    return gap
 
 
 def main():
@@ -91,7 +76,7 @@ def main():
     print(f"progressive / windowed: {statistics.median(single['int8']) / statistics.median(windowed):.1f}x")
     for name, engine in (("int8", int8), ("fp32", fp32)):
         print(f"engine {name} vs fp32 model, largest next-character probability gap over 500 steps: "
-              f"{largest_probability_gap(model, engine):.2e}")
+              f"{largest_probability_gap(model, engine, [0, 1, 2], steps=500):.2e}")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ import asyncio
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from rnnlab.config import ServeConfig  # noqa: E402
+from rnnlab.config import SampleConfig, ServeConfig  # noqa: E402
+from rnnlab.sampling import TokenSampler  # noqa: E402
 from rnnlab.serve.app import create_app  # noqa: E402
 from rnnlab.serve.engine import Capacity, LoadedModel, Scheduler, Stream  # noqa: E402
 
@@ -109,7 +109,7 @@ def test_the_page_is_served(client):
 def test_concurrent_streams_share_batched_steps_and_cancelled_ones_leave(loaded):
     async def scenario():
         scheduler = Scheduler(loaded[0], Capacity(10))
-        streams = [Stream([1, 2], 40, 1.0, 0, 1.0, torch.Generator().manual_seed(i)) for i in range(3)]
+        streams = [Stream([1, 2], 40, TokenSampler(SampleConfig(seed=i))) for i in range(3)]
         scheduler.submit(streams)
         await asyncio.sleep(0)
         first = await streams[0].queue.get()
@@ -129,7 +129,7 @@ def test_concurrent_streams_share_batched_steps_and_cancelled_ones_leave(loaded)
 def test_max_batch_one_serves_one_completion_at_a_time(loaded):
     async def scenario():
         scheduler = Scheduler(loaded[0], Capacity(10), max_batch=1)
-        streams = [Stream([1, 2], 15, 1.0, 0, 1.0, torch.Generator().manual_seed(i)) for i in range(3)]
+        streams = [Stream([1, 2], 15, TokenSampler(SampleConfig(seed=i))) for i in range(3)]
         scheduler.submit(streams)
         for stream in streams:
             while await stream.queue.get() is not None:

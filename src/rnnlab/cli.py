@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -18,11 +17,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rnnlab.config import (
-    WINDOWED_SCHEMES,
     DataConfig,
+    EvalConfig,
     ModelConfig,
     RunConfig,
     SampleConfig,
+    SchemesExperimentConfig,
     ServeConfig,
     TrainConfig,
     add_flags,
@@ -39,6 +39,7 @@ from rnnlab.data.corpus import (
 )
 from rnnlab.data.vocab import describe_chars
 from rnnlab.errors import ConfigError, CorpusError, RnnlabError
+from rnnlab.sampling import complete_texts, make_stepper, prompt_ids, sample_config_for, stream_text
 
 # torch-based modules are imported inside the commands that need them, so `rnnlab prepare` (and
 # --help) stay light: importing torch alone takes ~220 MB of memory.
@@ -66,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("sample", help="generate text from a checkpoint", parents=[quiet])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     add_flags(p, "sample", SampleConfig)
     p.set_defaults(handler=cmd_sample)
 
@@ -74,19 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                             parents=[quiet])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
     p.add_argument("file", metavar="FILE", help="UTF-8 text file to score")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: 64)")
-    p.add_argument("--seq-length", type=int, default=0,
-                   help="steps per chunk (default: the training seq_length; with --dynamic, 50)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
-    p.add_argument("--dynamic", action="store_true",
-                   help="dynamic evaluation: adapt the weights to the text as it is read (one stream)")
-    p.add_argument("--dynamic-lr", type=float, default=None, metavar="X", help="its learning rate (default: 1e-4)")
-    p.add_argument("--dynamic-decay", type=float, default=None, metavar="Y",
-                   help="its pull back toward the trained weights per step (default: 2e-5)")
-    p.add_argument("--burn-in", type=int, default=0, metavar="N",
-                   help="read the file as one stream; its first N characters only bootstrap the state and every later "
-                        "one is scored (the paper's protocol, N = k2); default 0: score all in parallel streams")
+    add_flags(p, "eval", EvalConfig)
     p.set_defaults(handler=cmd_eval)
 
     p = commands.add_parser("experiment", help="reproducible comparisons", parents=[quiet])
@@ -94,18 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = experiments.add_parser("schemes", parents=[quiet],
                                help="the paper's four training/sampling schemes: timings, perplexity plot, summary")
     e.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file (default: embedded corpus)")
-    e.add_argument("--out", required=True, metavar="DIR", help="folder for table4.md, fig9.png, summary.md")
-    budget = e.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=400, help="training batches per scheme (default: 400)")
-    budget.add_argument("--max-minutes", type=float, default=0.0, help="training minutes per scheme instead")
-    e.add_argument("--architectures", default="1x128,1x512,2x128,2x512",
-                   help="r x gamma models for the timing table (default: the paper's four)")
-    e.add_argument("--curve-architecture", default="1x128", help="r x gamma model for the perplexity curves")
-    e.add_argument("--k2", type=int, default=100, help="training sequence length (default: 100)")
-    e.add_argument("--k1", type=int, default=40, help="stride between sequences (default: 40)")
-    e.add_argument("--batch-size", type=int, default=64, help="sequences per batch (default: 64)")
-    e.add_argument("--timing-batches", type=int, default=5, help="timed training batches per cell (default: 5)")
-    e.add_argument("--seed", type=int, default=1234)
+    add_flags(e, "experiment", SchemesExperimentConfig, skip=("data",))
     e.set_defaults(handler=cmd_experiment_schemes)
 
     p = commands.add_parser("serve", help="a web page and JSON API that auto-complete text with trained models",
@@ -192,47 +169,25 @@ def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
     from rnnlab.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint, weights_only=True)
-    model = ckpt.build_model("cpu")
-    config = SampleConfig(length=length, seed=seed)
     print("sample:")
-    _stream_sample(model, ckpt.vocab, ckpt.vocab.line_start(), config, echo_prime="")
+    config = sample_config_for(ckpt.config.train, {"length": length, "seed": seed})
+    _print_samples(ckpt.build_model("cpu"), ckpt.vocab, prompt_ids(ckpt.vocab, ""), config)
 
 
 # --- sample --------------------------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
-    from rnnlab.sampling import beam_search, make_stepper
     from rnnlab.training.checkpoint import load_checkpoint
     from rnnlab.training.step import select_device
 
-    overrides = overrides_from_args(args).get("sample", {})
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
-    if ckpt.config.train.scheme in WINDOWED_SCHEMES and "sampling" not in overrides:
-        # a model trained with scheme 1 or 2 samples as the paper does: windowed over its k2
-        overrides = {"sampling": "windowed", "window": ckpt.config.train.seq_length, **overrides}
-    config = build_section(SampleConfig, overrides)
-    if "window" in overrides and config.sampling != "windowed":
-        log.warning("warning: --window has no effect here: it needs --sampling windowed")
-    if "precision" in overrides and not config.fast:
-        log.warning("warning: --precision has no effect here: it sets the CPU engine's weights (drop --no-fast)")
-    vocab = ckpt.vocab
-    model = ckpt.build_model(select_device(args.device))
-    prime_text = _read_prime(config)
-    unknown = vocab.unknown_pieces(prime_text)
-    what = "characters" if vocab.kind == "char" else "words"
-    if unknown and config.unknown == "error":
-        raise RnnlabError(f"the prime text has {what} the model's vocabulary lacks: {describe_chars(unknown)} "
-                          f"(use --unknown skip to drop them)")
-    if unknown:
-        log.warning("dropping prime %s not in the vocabulary: %s", what, describe_chars(unknown))
-        prime_text = vocab.drop_unknown(prime_text)
-    prime_ids = vocab.encode(prime_text).tolist() if prime_text else vocab.line_start()
-    if config.beam_width:
-        ids = beam_search(make_stepper(model, config), prime_ids, config.length, config.beam_width)
-        detokenizer = vocab.detokenizer(after=prime_text)
-        sys.stdout.write(prime_text + "".join(detokenizer.push(i) for i in ids) + "\n")
-        return 0
-    _stream_sample(model, vocab, prime_ids, config, echo_prime=prime_text)
+    config = sample_config_for(ckpt.config.train, overrides_from_args(args).get("sample", {}))
+    model = ckpt.build_model(select_device(config.device))
+    prompt = prompt_ids(ckpt.vocab, _read_prime(config), config.unknown)
+    if prompt.dropped:
+        log.warning("dropping prime %s not in the vocabulary: %s",
+                    "characters" if ckpt.vocab.kind == "char" else "words", describe_chars(prompt.dropped))
+    _print_samples(model, ckpt.vocab, prompt, config)
     return 0
 
 
@@ -245,31 +200,25 @@ def _read_prime(config: SampleConfig) -> str:
     return "".join(read_text_chunks(path))
 
 
-def _stream_sample(model, vocab, prime_ids, config: SampleConfig, echo_prime: str) -> None:
-    from rnnlab.sampling import generate, make_stepper
-
+def _print_samples(model, vocab, prompt, config: SampleConfig) -> None:
+    """One sample streams to stdout as it is generated; several (or a beam search) print when done."""
     out = sys.stdout
     stepper = make_stepper(model, config)
-    if config.num_samples == 1:
-        out.write(echo_prime)
-        interactive = out.isatty()
-        detokenizer = vocab.detokenizer(after=echo_prime)
-        for token in generate(stepper, prime_ids, config):
-            piece = detokenizer.push(int(token[0]))
-            out.write(piece)
-            if interactive or "\n" in piece:
-                out.flush()
-        out.write("\n")
+    if config.num_samples > 1 or config.beam_width:
+        texts = complete_texts(stepper, vocab, prompt, config)
+        if len(texts) == 1:
+            out.write(f"{prompt.text}{texts[0]}\n")
+        for i, text in enumerate(texts if len(texts) > 1 else []):
+            out.write(f"--- sample {i + 1} ---\n{prompt.text}{text}\n")
         out.flush()
         return
-    columns = [[] for _ in range(config.num_samples)]
-    for tokens in generate(stepper, prime_ids, config):
-        for column, token in zip(columns, tokens.tolist(), strict=True):
-            column.append(token)
-    for i, column in enumerate(columns):
-        detokenizer = vocab.detokenizer(after=echo_prime)
-        text = "".join(detokenizer.push(token) for token in column)
-        out.write(f"--- sample {i + 1} ---\n{echo_prime}{text}\n")
+    out.write(prompt.text)
+    interactive = out.isatty()
+    for (piece,) in stream_text(stepper, vocab, prompt, config):
+        out.write(piece)
+        if interactive or "\n" in piece:
+            out.flush()
+    out.write("\n")
     out.flush()
 
 
@@ -280,24 +229,12 @@ def cmd_eval(args) -> int:
     from rnnlab.training.checkpoint import load_checkpoint
     from rnnlab.training.step import select_device
 
-    dynamic_flags = (("--dynamic-lr", args.dynamic_lr), ("--dynamic-decay", args.dynamic_decay))
-    given_dynamic = [flag for flag, value in dynamic_flags if value is not None]
-    if given_dynamic and not args.dynamic:
-        raise ConfigError(f"{' and '.join(given_dynamic)} set dynamic evaluation: add --dynamic")
-    if args.dynamic and (args.batch_size is not None or args.burn_in):
-        raise ConfigError("--dynamic reads the file as one stream: drop --batch-size and --burn-in")
-    batch_size = args.batch_size if args.batch_size is not None else 64
-    dynamic_lr = args.dynamic_lr if args.dynamic_lr is not None else 1e-4
-    dynamic_decay = args.dynamic_decay if args.dynamic_decay is not None else 2e-5
-    if batch_size <= 0 or args.seq_length < 0 or args.burn_in < 0:
-        raise ConfigError("--batch-size must be > 0, --seq-length and --burn-in >= 0")
-    if args.dynamic and (not (dynamic_lr > 0 and math.isfinite(dynamic_lr)) or not 0 <= dynamic_decay < 1):
-        raise ConfigError("--dynamic needs --dynamic-lr > 0 (finite) and --dynamic-decay in [0, 1)")
+    config = build_section(EvalConfig, overrides_from_args(args).get("eval", {}))
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
-    device = select_device(args.device)
+    device = select_device(config.device)
     model = ckpt.build_model(device)
     text_path = resolve_text_path(args.file)
-    seq_length = args.seq_length or ckpt.config.train.seq_length
+    seq_length = config.seq_length or ckpt.config.train.seq_length
     with tempfile.TemporaryDirectory(prefix="rnnlab-eval-") as scratch:
         try:
             encoded = encode_file_to_memmap(text_path, ckpt.vocab, Path(scratch))
@@ -306,18 +243,18 @@ def cmd_eval(args) -> int:
         tokens, lengths = encoded.tokens, encoded.char_lengths
         if len(tokens) < 2:
             raise CorpusError(f"{text_path} needs at least two tokens to score")
-        if args.dynamic:
-            result = dynamic_evaluate(model, tokens, args.seq_length or 50, dynamic_lr, dynamic_decay,
+        if config.dynamic:
+            result = dynamic_evaluate(model, tokens, config.seq_length or 50, config.dynamic_lr, config.dynamic_decay,
                                       device, char_lengths=lengths)
         else:
-            result = evaluate_tokens(model, tokens, batch_size, seq_length, device, burn_in=args.burn_in,
+            result = evaluate_tokens(model, tokens, config.batch_size, seq_length, device, burn_in=config.burn_in,
                                      char_lengths=lengths)
         del tokens, lengths, encoded
     report = {**result.as_dict(), "tokenizer": ckpt.vocab.kind}
-    if args.json:
+    if config.json:
         print(json.dumps(report))
     else:
-        print(format_report(text_path, result, ckpt.vocab.kind, args.burn_in))
+        print(format_report(text_path, result, ckpt.vocab.kind, config.burn_in))
     return 0
 
 
@@ -340,22 +277,18 @@ def format_report(text_path, result, tokenizer: str, burn_in: int = 0) -> str:
 # --- experiment ----------------------------------------------------------------------------------
 
 def cmd_experiment_schemes(args) -> int:
-    from rnnlab.experiments.schemes import ExperimentSettings, parse_architectures, run_schemes_experiment
+    from rnnlab.experiments.schemes import run_schemes_experiment
 
-    if args.steps <= 0 or args.max_minutes < 0 or args.timing_batches <= 0 or args.batch_size <= 0:
-        raise ConfigError("--steps, --timing-batches and --batch-size must be > 0, --max-minutes >= 0")
+    settings = build_section(SchemesExperimentConfig, {**overrides_from_args(args).get("experiment", {}),
+                                                        "data": args.data})
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise RnnlabError("the schemes experiment plots with matplotlib: pip install 'rnnlab[experiments]'") from None
-    settings = ExperimentSettings(
-        data=args.data, out=Path(args.out), steps=args.steps, max_minutes=args.max_minutes,
-        architectures=parse_architectures(args.architectures),
-        curve_architecture=parse_architectures(args.curve_architecture)[0], k2=args.k2, k1=args.k1,
-        batch_size=args.batch_size, timing_batches=args.timing_batches, seed=args.seed)
     run_schemes_experiment(settings, log=log.info)
-    print((settings.out / "summary.md").read_text(encoding="utf-8"))
-    print(f"written: {settings.out / 'table4.md'}, {settings.out / 'fig9.png'}, {settings.out / 'summary.md'}")
+    out = Path(settings.out)
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    print(f"written: {out / 'table4.md'}, {out / 'fig9.png'}, {out / 'summary.md'}")
     return 0
 
 
@@ -373,6 +306,9 @@ def cmd_serve(args) -> int:
     except ImportError:
         raise RnnlabError("serving needs FastAPI and uvicorn: pip install 'rnnlab[serve]'") from None
     config = build_section(ServeConfig, overrides_from_args(args).get("serve", {}))
+    import torch
+
+    torch.set_num_threads(config.threads)  # (the process's setting, so the command sets it, not the app)
     targets = [_name_and_path(item) for item in args.checkpoints] or [("tinyshakespeare", _default_model())]
     models, seen = [], set()
     for name, path in targets:

@@ -30,15 +30,17 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 def setting(default: Any, help: str, choices: tuple | None = None, flag: str | None = None,
             aliases: tuple[str, ...] = (), *, resumable: bool = False, shapes_weights: bool = False,
-            is_path: bool = False, needs: tuple[Callable[["RunConfig"], bool], str] | None = None) -> Any:
+            is_path: bool = False, needs: tuple[Callable[["RunConfig"], bool], str] | None = None,
+            required: bool = False) -> Any:
     """A dataclass field that carries its CLI help text (and optional choices, flag name, aliases) and
     the policies that concern it:
     resumable: `--resume` may give it again (stop limits, cadence, where things go): the run stays the same;
     shapes_weights: it shapes the weights, so a run started `--init-from` a checkpoint keeps the checkpoint's;
     is_path: it names a file or folder, stored absolute so a run resumes from anywhere;
-    needs: (is it used by this config?, what it needs), so a setting given without effect is reported."""
+    needs: (is it used by this config?, what it needs), so a setting given without effect is reported;
+    required: its command-line flag must be given."""
     metadata = {"help": help, "choices": choices, "flag": flag, "aliases": aliases, "resumable": resumable,
-                "shapes_weights": shapes_weights, "is_path": is_path, "needs": needs}
+                "shapes_weights": shapes_weights, "is_path": is_path, "needs": needs, "required": required}
     return field(default=default, metadata=metadata)
 
 
@@ -304,12 +306,15 @@ class SampleConfig:
     sampling: str = setting("progressive", "progressive: one step per new token with the carried state; "
                             "windowed: re-read the last --window tokens from a fresh state for every token",
                             choices=("progressive", "windowed"))
-    window: int = setting(100, "tokens re-read per new token in windowed sampling")
+    window: int = setting(100, "tokens re-read per new token in windowed sampling",
+                          needs=(lambda s: s.sampling == "windowed", "--sampling windowed"))
     seed: int = setting(0, "random seed: the same seed gives the same text on the same machine")
     fast: bool = setting(True, "use the single-step engine on CPU (--no-fast steps with the model's torch code)")
     precision: str = setting("int8", "weights of the CPU engine: int8 (fbgemm, one scale per row; about 1.25x faster "
                              "than fp32 on one stream, 2.7x on 64, next-token probabilities within 1e-2 of it, "
-                             "tested) or fp32 (exact: the same text as --no-fast for a seed)", choices=("int8", "fp32"))
+                             "tested) or fp32 (exact: the same text as --no-fast for a seed)", choices=("int8", "fp32"),
+                             needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))
+    device: str = setting("cpu", "where to run the model", choices=("auto", "cpu", "cuda"))
 
     def validate(self) -> None:
         _check_choices(self)
@@ -334,6 +339,85 @@ class SampleConfig:
             if ignored:
                 raise ConfigError(f"beam search finds the single most likely continuation; it cannot be combined "
                                   f"with {', '.join(ignored)}")
+
+
+@dataclass
+class EvalConfig:
+    """`rnnlab eval`: how a text file is scored."""
+    batch_size: int = setting(64, "parallel streams")
+    seq_length: int = setting(0, "steps per chunk (0 = the training seq_length; with --dynamic, 50)")
+    burn_in: int = setting(0, "read the file as one stream; its first N tokens only bootstrap the state and every "
+                              "later one is scored (the paper's protocol, N = k2); 0: score all in parallel streams")
+    dynamic: bool = setting(False, "dynamic evaluation: adapt the weights to the text as it is read (one stream)")
+    dynamic_lr: float = setting(1e-4, "dynamic evaluation's learning rate")
+    dynamic_decay: float = setting(2e-5, "dynamic evaluation's pull back toward the trained weights per step")
+    device: str = setting("auto", "where to run", choices=("auto", "cpu", "cuda"))
+    json: bool = setting(False, "print one JSON object")
+
+    def validate(self) -> None:
+        _check_choices(self)
+        _positive(self, "batch_size")
+        _non_negative(self, "seq_length", "burn_in")
+        if self.dynamic and (not (self.dynamic_lr > 0 and math.isfinite(self.dynamic_lr))
+                             or not 0 <= self.dynamic_decay < 1):
+            raise ConfigError("--dynamic needs --dynamic-lr > 0 (finite) and --dynamic-decay in [0, 1)")
+
+    def check_given(self, given) -> None:
+        """Settings given that this evaluation would not use are refused (they would silently do nothing)."""
+        if self.dynamic and {"batch_size", "burn_in"} & set(given):
+            raise ConfigError("--dynamic reads the file as one stream: drop --batch-size and --burn-in")
+        dynamic_only = [f"--{name.replace('_', '-')}" for name in ("dynamic_lr", "dynamic_decay") if name in given]
+        if dynamic_only and not self.dynamic:
+            raise ConfigError(f"{' and '.join(dynamic_only)} set dynamic evaluation: add --dynamic")
+
+
+@dataclass
+class SchemesExperimentConfig:
+    """`rnnlab experiment schemes`: the paper's four schemes timed and trained on one corpus."""
+    data: str | None = setting(None, "text file (default: the embedded corpus)", is_path=True)
+    out: str = setting("", "folder for table4.md, fig9.png and summary.md", required=True, is_path=True)
+    steps: int = setting(400, "training batches per scheme")
+    max_minutes: float = setting(0.0, "training minutes per scheme instead of --steps (converted to steps from "
+                                      "the timings)")
+    architectures: str = setting("1x128,1x512,2x128,2x512", "r x gamma models for the timing table (the paper's "
+                                                            "four)")
+    curve_architecture: str = setting("1x128", "r x gamma model for the perplexity curves")
+    k2: int = setting(100, "training sequence length")
+    k1: int = setting(40, "stride between sequences")
+    batch_size: int = setting(64, "sequences per batch")
+    timing_batches: int = setting(5, "timed training batches per cell")
+    timing_tokens: int = setting(200, "sampled tokens timed per cell (a tenth as many for the windowed schemes)")
+    seed: int = setting(1234, "seed of every run")
+
+    def validate(self) -> None:
+        _positive(self, "steps", "timing_batches", "timing_tokens", "batch_size", "k2", "k1")
+        _non_negative(self, "max_minutes")
+        _check_seed(self.seed)
+        if self.k1 > self.k2:
+            raise ConfigError(f"k1 ({self.k1}) must be <= k2 ({self.k2})")
+        self.models()
+        self.curve_model()
+
+    def check_given(self, given) -> None:
+        if {"steps", "max_minutes"} <= set(given):
+            raise ConfigError("give --steps or --max-minutes, not both")
+
+    def models(self) -> tuple[tuple[int, int], ...]:
+        return parse_architectures(self.architectures)
+
+    def curve_model(self) -> tuple[int, int]:
+        return parse_architectures(self.curve_architecture)[0]
+
+
+def parse_architectures(text: str) -> tuple[tuple[int, int], ...]:
+    """'1x128,2x512' -> ((1, 128), (2, 512))."""
+    try:
+        pairs = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item)
+    except ValueError:
+        raise ConfigError(f"architectures look like 1x128,2x512; got {text!r}") from None
+    if not pairs or any(len(p) != 2 or min(p) <= 0 for p in pairs):
+        raise ConfigError(f"architectures look like 1x128,2x512; got {text!r}")
+    return pairs
 
 
 @dataclass
@@ -458,9 +542,10 @@ def add_flags(parser: argparse.ArgumentParser, section: str, section_type: type,
         base, _ = _unwrap_optional(hints[f.name])
         flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if "default" not in help_text:
+        if "default" not in help_text and not f.metadata.get("required"):
             help_text += f" (default: {f.default})"
-        kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text,
+                                  "required": bool(f.metadata.get("required"))}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.metadata.get("choices"):
@@ -542,6 +627,16 @@ def unused_settings(config: RunConfig, explicit: dict) -> list[str]:
     return messages
 
 
+def unused_section_settings(config: Any, given) -> list[str]:
+    """unused_settings for a section that stands alone (SampleConfig): its `needs` read the section."""
+    messages = []
+    for f in dataclasses.fields(config):
+        if f.metadata.get("needs") and f.name in given and not f.metadata["needs"][0](config):
+            flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+            messages.append(f"{flag} has no effect here: it needs {f.metadata['needs'][1]}")
+    return messages
+
+
 def _flag(section: str, name: str) -> str:
     section_type = _sections(RunConfig)[section]
     metadata = next(f.metadata for f in dataclasses.fields(section_type) if f.name == name)
@@ -549,8 +644,12 @@ def _flag(section: str, name: str) -> str:
 
 
 def build_section(section_type: type, overrides: dict) -> Any:
+    """One config section from the settings given (flags); validated, and, where the section says which
+    given settings would do nothing (check_given), those refused."""
     config = _section_from_dict(section_type, overrides, section_type.__name__)
     config.validate()
+    if hasattr(config, "check_given"):
+        config.check_given(set(overrides))
     return config
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rnnlab.errors import ConfigError, CorpusError
+from rnnlab.config import EvalConfig
+from rnnlab.errors import CorpusError
 
 LN2 = math.log(2.0)
 
@@ -144,9 +145,7 @@ def dynamic_evaluate(model, tokens: np.ndarray, seq_length: int = 50, learning_r
     n = len(tokens)
     if n < 2:
         raise CorpusError("evaluation needs at least two tokens")
-    if not (learning_rate > 0 and math.isfinite(learning_rate)) or not 0 <= decay < 1:
-        raise ConfigError(f"dynamic evaluation needs a learning rate > 0 and a decay in [0, 1); got {learning_rate} "
-                          f"and {decay}")
+    EvalConfig(dynamic=True, dynamic_lr=learning_rate, dynamic_decay=decay).validate()  # (its one rule)
     was_training = model.training
     model.eval()  # no dropout: the adaptation is to the text, not to noise
     params = [p for p in model.parameters() if p.requires_grad]

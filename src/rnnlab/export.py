@@ -3,8 +3,8 @@
 The graph is the model's own step (`RecurrentLM.step`, fused kernel included), traced by torch's
 ONNX exporter with a dynamic batch: inputs `tokens` (B,) int64 and the state (`h`, and `c` for
 LSTM, each (L, B, H)); outputs `logits` (B, V) and the new state. Next to FILE.onnx goes
-FILE.json: the vocabulary, the state's names and shapes, and a learned initial state if the model
-has one. `rnnlab.onnx_runtime` runs both with onnxruntime and NumPy only.
+FILE.json: the vocabulary, the state's names and shapes, a learned initial state if the model
+has one, and how the model samples by default (windowed for scheme 1/2 models). `rnnlab.onnx_runtime` runs both with onnxruntime and NumPy only.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from rnnlab.errors import RnnlabError
+from rnnlab.sampling import sampling_defaults
 from rnnlab.training.checkpoint import atomic_write, load_checkpoint
 
 
@@ -74,7 +75,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
     meta = {"format": 1, "vocab": ckpt.vocab.to_dict(), "state_names": names,
             "state_shapes": [[s.shape[0], s.shape[2]] for s in state],
             "initial_state": [p.detach()[:, 0].tolist() for p in model.initial_state] or None,
-            "source": str(ckpt.path)}
+            "source": str(ckpt.path), "sampling": sampling_defaults(ckpt.config.train)}
     meta_path = out.with_suffix(".json")
     atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8"))
     return out, meta_path

@@ -1,141 +1,299 @@
-"""The one sampler: next-token choice and progressive generation over any stepper.
+"""The one sampler: the prompt policy, the next-token choice and generation, for every door (the CLI,
+the training preview, the server and the ONNX engine).
 
-A stepper is the model itself (`RecurrentLM`) or an engine built from it (`CpuStepEngine`); it
-offers `init_state(B)`, `prime(tokens, state) -> (last logits, state)` and
-`step(tokens, state) -> (logits, state)`. Generation is progressive: the prompt is read once and
-every new token costs exactly one step with the carried state; the prefix is never re-run.
-Ids in, ids out: this module knows nothing of characters.
+A stepper is the model itself (`RecurrentLM`), an engine built from it (the CPU engine) or the ONNX
+engine. It offers `vocab_size`, `init_state(B)`, `prime(tokens (B, T), state) -> (last logits (B, V),
+state)` and `step(tokens (B,), state) -> (logits (B, V), state)`, in torch tensors, or in NumPy arrays
+where it says `takes_numpy = True`. The sampling itself is NumPy, seeded by NumPy's PCG64, so the ONNX
+engine runs it on a host without PyTorch, and a seed gives the same text through every stepper and
+every door, whatever the batch of streams around it.
+Generation is progressive (the prompt is read once; every new token costs one step with the carried
+state) or windowed (the paper's Algorithm 4: the last `window` tokens re-read from a fresh state for
+every new token). Ids in, ids out; `prompt_ids` and the vocabularies' detokenizers do the text.
 Dimension legend: B = batch (independent samples or beams), V = vocabulary, T = prompt length.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import torch
+import numpy as np
 
-from rnnlab.config import SampleConfig
+from rnnlab.config import WINDOWED_SCHEMES, SampleConfig, build_section, unused_section_settings
+from rnnlab.errors import RnnlabError
 
-
-def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                      argmax: bool = False, generator: torch.Generator | None = None,
-                      gumbel: torch.Tensor | None = None) -> torch.Tensor:
-    """logits (B, V) -> ids (B,), after temperature, top-k and nucleus (top-p) filtering.
-
-    `gumbel` (B, V) is -log E with E ~ Exp(1), drawn ahead of time (see `gumbel_noise`); without
-    it the noise is drawn here from `generator`.
-    """
-    if argmax:
-        return logits.argmax(dim=-1)
-    scores = logits.float()
-    if temperature != 1.0:
-        scores = scores / temperature
-    vocab = scores.shape[-1]
-    if 0 < top_k < vocab:
-        kth_best = torch.topk(scores, top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth_best, float("-inf"))
-    if top_p < 1.0:
-        scores = scores.masked_fill(~_nucleus(torch.softmax(scores, dim=-1), top_p), float("-inf"))
-    # The exponential race (Gumbel-max): argmax(s - log E) with E ~ Exp(1) is an exact draw from
-    # softmax(s), in fewer small ops than a cumulative sum or torch.multinomial.
-    if gumbel is None:
-        gumbel = gumbel_noise(generator, 1, *scores.shape)[0]
-    return (scores + gumbel).argmax(dim=-1)
-
-
-def gumbel_noise(generator: torch.Generator | None, steps: int, batch: int, vocab: int) -> torch.Tensor:
-    """(steps, B, V) of -log E, E ~ Exp(1): the sampling noise of many steps in one draw (one
-    vectorized call instead of four small ones per generated token)."""
-    noise = torch.empty(steps, batch, vocab).exponential_(generator=generator)
-    return noise.clamp_min_(1e-30).log_().neg_()  # clamped: log(0) = -inf
-
-
-def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Mask of the smallest set of tokens whose probability reaches top_p (the top token always)."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    return torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before < top_p)
-
+log = logging.getLogger("rnnlab")
 
 NOISE_BLOCK = 256  # tokens whose sampling noise is drawn at once (the text for a seed does not depend on it)
+
+
+# --- choosing the next token -------------------------------------------------------------------
+
+def sample_next_token(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, argmax: bool = False,
+                      rng: np.random.Generator | None = None, gumbel: np.ndarray | None = None) -> np.ndarray:
+    """logits (B, V) -> ids (B,), after temperature, top-k and nucleus (top-p) filtering.
+
+    `gumbel` (B, V) is -log E with E ~ Exp(1), drawn ahead of time (see `gumbel_noise`); without it
+    the noise is drawn here from `rng`.
+    """
+    scores = as_numpy(logits)
+    if argmax:
+        return scores.argmax(axis=-1)
+    if temperature != 1.0:
+        scores = scores / np.float32(temperature)
+    vocab = scores.shape[-1]
+    if 0 < top_k < vocab:
+        kth_best = np.partition(scores, vocab - top_k, axis=-1)[:, vocab - top_k:vocab - top_k + 1]
+        scores = np.where(scores < kth_best, -np.inf, scores)
+    if top_p < 1.0:
+        scores = np.where(_nucleus(_softmax(scores), top_p), scores, -np.inf)
+    # The exponential race (Gumbel-max): argmax(s - log E) with E ~ Exp(1) is an exact draw from
+    # softmax(s), in fewer small operations than a cumulative sum.
+    if gumbel is None:
+        gumbel = gumbel_noise(rng if rng is not None else np.random.default_rng(), 1, *scores.shape)[0]
+    return (scores + gumbel).argmax(axis=-1)
+
+
+def gumbel_noise(rng: np.random.Generator, steps: int, batch: int, vocab: int) -> np.ndarray:
+    """(steps, B, V) of -log E, E ~ Exp(1): the noise of many steps in one draw. NumPy fills it in order,
+    so drawing a block or one step at a time gives the same numbers."""
+    noise = rng.standard_exponential((steps, batch, vocab), dtype=np.float32)
+    return -np.log(np.maximum(noise, np.float32(1e-30)))  # clamped: log(0) = -inf
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Mask of the smallest set of tokens whose probability reaches top_p (the top token always)."""
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    sorted_probs = np.take_along_axis(probs, order, axis=-1)
+    keep = (np.cumsum(sorted_probs, axis=-1) - sorted_probs) < top_p
+    mask = np.zeros_like(keep)
+    np.put_along_axis(mask, order, keep, axis=-1)
+    return mask
+
+
+class TokenSampler:
+    """The next token of B streams under one SampleConfig and seed; its noise is drawn NOISE_BLOCK
+    steps at a time. The CLI, the server (one per completion) and the ONNX engine all choose here."""
+
+    def __init__(self, config: SampleConfig, batch: int = 1, seed: int | None = None):
+        self.config, self.batch = config, batch
+        self.rng = np.random.default_rng(config.seed if seed is None else seed)
+        self.noise, self.used = None, NOISE_BLOCK
+
+    def __call__(self, logits) -> np.ndarray:
+        c = self.config
+        if c.argmax:
+            return sample_next_token(logits, argmax=True)
+        scores = as_numpy(logits)
+        if self.used == NOISE_BLOCK:
+            self.noise, self.used = gumbel_noise(self.rng, NOISE_BLOCK, self.batch, scores.shape[-1]), 0
+        self.used += 1
+        return sample_next_token(scores, c.temperature, c.top_k, c.top_p, gumbel=self.noise[self.used - 1])
+
+
+# --- the prompt and a model's own defaults -----------------------------------------------------
+
+@dataclass
+class Prompt:
+    ids: list[int]  # what the model reads first (its line start when the text is empty)
+    text: str  # the prompt as the model reads it (unknown pieces dropped)
+    dropped: list[str]  # characters (words, for a word model) the vocabulary lacks
+
+
+def prompt_ids(vocab, text: str, unknown: str = "skip") -> Prompt:
+    """A prompt in a model's vocabulary: pieces it does not know are dropped (and listed), or refused
+    with unknown="error"; an empty prompt starts where a line starts."""
+    dropped = vocab.unknown_pieces(text)
+    if dropped and unknown == "error":
+        from rnnlab.data.vocab import describe_chars
+        what = "characters" if vocab.kind == "char" else "words"
+        raise RnnlabError(f"the prime text has {what} the model's vocabulary lacks: {describe_chars(dropped)} "
+                          f"(use --unknown skip to drop them)")
+    kept = vocab.drop_unknown(text) if dropped else text
+    return Prompt(vocab.encode(kept).tolist() if kept else vocab.line_start(), kept, dropped)
+
+
+def sampling_defaults(train_config) -> dict:
+    """How a model samples unless told otherwise: a model trained with the paper's scheme 1 or 2
+    samples windowed over its k2, as the paper does; every other one progressively."""
+    if train_config.scheme in WINDOWED_SCHEMES:
+        return {"sampling": "windowed", "window": train_config.seq_length}
+    return {}
+
+
+def sample_config_for(train_config, given: dict) -> SampleConfig:
+    """The settings a checkpoint samples with: its own defaults (sampling_defaults) under the ones
+    given; a given setting that would do nothing is reported."""
+    config = build_section(SampleConfig, {**sampling_defaults(train_config), **given})
+    for message in unused_section_settings(config, given):
+        log.warning("warning: %s", message)
+    return config
+
+
+def stream_text(stepper, vocab, prompt: Prompt, config: SampleConfig) -> Iterator[list[str]]:
+    """The text of every stream as it is generated: one list of B pieces per token, each stream
+    detokenized as it goes (so a word model's spacing and a BPE model's bytes come out right)."""
+    detokenizers = [vocab.detokenizer(after=prompt.text) for _ in range(config.num_samples)]
+    for tokens in generate(stepper, prompt.ids, config):
+        yield [d.push(int(t)) for d, t in zip(detokenizers, tokens.tolist(), strict=True)]
+
+
+def complete_texts(stepper, vocab, prompt: Prompt, config: SampleConfig) -> list[str]:
+    """The whole continuation of every stream (beam search when config.beam_width is set)."""
+    if config.beam_width:
+        detokenizer = vocab.detokenizer(after=prompt.text)
+        return ["".join(detokenizer.push(i) for i in beam_search(stepper, prompt.ids, config.length,
+                                                                  config.beam_width))]
+    columns = list(zip(*stream_text(stepper, vocab, prompt, config), strict=True))
+    return ["".join(column) for column in columns] if columns else [""] * config.num_samples
+
+
+# --- generation --------------------------------------------------------------------------------
+
+def generate(stepper, prime_ids: Sequence[int], config: SampleConfig) -> Iterator[np.ndarray]:
+    """Yield the next token of each of the `num_samples` streams, (B,), `config.length` times."""
+    tokens = _generate(stepper, prime_ids, config)
+    with torch_threads_for(stepper):
+        while True:
+            with _inference(stepper):  # (entered per token: the caller's code between tokens is its own)
+                token = next(tokens, None)
+            if token is None:
+                return
+            yield token
+
+
+def _generate(stepper, prime_ids: Sequence[int], config: SampleConfig) -> Iterator[np.ndarray]:
+    batch, window = config.num_samples, config.window
+    windowed = config.sampling == "windowed"
+    sampler = TokenSampler(config, batch)
+    if windowed:
+        tail = np.asarray(list(prime_ids)[-window:], dtype=np.int64)
+        context = np.broadcast_to(tail[None, :], (batch, len(tail)))
+    logits, state = start(stepper, prime_ids[-window:] if windowed else prime_ids, batch)
+    for position in range(config.length):
+        token = sampler(logits)
+        yield token
+        if position + 1 == config.length:
+            return
+        if windowed:
+            context = np.concatenate([context, token[:, None]], axis=1)[:, -window:]
+            logits, _ = prime(stepper, context, stepper.init_state(batch))
+        else:
+            logits, state = step(stepper, token, state)
+
+
+def start(stepper, prime_ids: Sequence[int], batch_size: int):
+    """State and next-token logits (B, V) after reading the prompt (uniform logits if there is none)."""
+    state = stepper.init_state(batch_size)
+    if len(prime_ids) == 0:
+        return np.zeros((batch_size, stepper.vocab_size), np.float32), state
+    prompt = np.broadcast_to(np.asarray(list(prime_ids), dtype=np.int64)[None, :], (batch_size, len(prime_ids)))
+    return prime(stepper, prompt, state)
+
+
+def prime(stepper, tokens: np.ndarray, state):
+    """The stepper reads tokens (B, T); NumPy logits of the last one, and its state."""
+    logits, state = stepper.prime(_for_stepper(stepper, tokens), state)
+    return as_numpy(logits), state
+
+
+def step(stepper, tokens: np.ndarray, state):
+    """One step of the stepper for tokens (B,); NumPy logits and its state."""
+    logits, state = stepper.step(_for_stepper(stepper, tokens), state)
+    return as_numpy(logits), state
+
+
+def beam_search(stepper, prime_ids: Sequence[int], length: int, beam_width: int) -> list[int]:
+    """The most likely continuation of `length` tokens found with `beam_width` beams."""
+    with torch_threads_for(stepper), _inference(stepper):
+        logits, state = start(stepper, prime_ids, 1)
+        scores = np.zeros(1)
+        sequences = np.zeros((1, 0), dtype=np.int64)
+        for position in range(length):
+            shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # (beams, V)
+            candidates = (scores[:, None] + log_probs).reshape(-1)
+            width = min(beam_width, candidates.size)
+            flat = np.argsort(-candidates, kind="stable")[:width]
+            scores = candidates[flat]
+            parent, token = flat // log_probs.shape[1], flat % log_probs.shape[1]
+            sequences = np.concatenate([sequences[parent], token[:, None]], axis=1)
+            if position + 1 < length:
+                logits, state = step(stepper, token, take_rows(state, parent))
+    return sequences[0].tolist()
+
+
+def largest_probability_gap(reference, candidate, prime_ids: Sequence[int], steps: int = 300, seed: int = 0) -> float:
+    """The largest difference between two steppers' next-token probabilities along one text drawn from
+    the reference's own distribution: how far an engine (int8, say) strays from the model it came from."""
+    rng = np.random.default_rng(seed)
+    with _inference(reference), _inference(candidate):
+        (a, state_a), (b, state_b) = start(reference, prime_ids, 1), start(candidate, prime_ids, 1)
+        worst = 0.0
+        for _ in range(steps):
+            pa, pb = _softmax(a.astype(np.float64)), _softmax(b.astype(np.float64))
+            worst = max(worst, float(np.abs(pa - pb).max()))
+            token = np.array([rng.choice(pa.shape[-1], p=pa[0])], dtype=np.int64)
+            (a, state_a), (b, state_b) = step(reference, token, state_a), step(candidate, token, state_b)
+    return worst
+
+
+def take_rows(state, index: np.ndarray):
+    """The state of the streams `index` (B',), in order: dim 1 of every state tensor is the batch."""
+    return tuple(s[:, index] if isinstance(s, np.ndarray)
+                 else s.index_select(1, _torch().from_numpy(np.asarray(index, np.int64)).to(s.device)).contiguous()
+                 for s in state)
+
+
+def concat_rows(a, b):
+    """Two batches of streams' states as one."""
+    return tuple(np.concatenate([x, y], axis=1) if isinstance(x, np.ndarray) else _torch().cat([x, y], dim=1)
+                 for x, y in zip(a, b, strict=True))
+
+
+def as_numpy(logits) -> np.ndarray:
+    if hasattr(logits, "detach"):  # a torch tensor, on whatever device and in whatever precision
+        return logits.detach().float().cpu().numpy()
+    return np.asarray(logits, dtype=np.float32)
+
+
+def _for_stepper(stepper, tokens: np.ndarray):
+    tokens = np.array(tokens, dtype=np.int64)  # (a copy: torch wants a writable array)
+    return tokens if getattr(stepper, "takes_numpy", False) else _torch().from_numpy(tokens)
+
+
+def _torch():
+    import torch
+    return torch
+
+
+def _inference(stepper):
+    """torch's inference mode around a torch stepper's work (no autograd graph for the weights)."""
+    return contextlib.nullcontext() if getattr(stepper, "takes_numpy", False) else _torch().inference_mode()
 
 
 @contextlib.contextmanager
 def torch_threads_for(stepper):
     """One torch thread while a NumPy engine steps: torch's idle OpenMP workers spin on the cores
     that OpenBLAS needs (64 streams ran 3x slower with two torch threads than with one)."""
+    if not getattr(stepper, "uses_blas_threads", False):
+        yield
+        return
+    torch = _torch()
     previous = torch.get_num_threads()
-    if getattr(stepper, "uses_blas_threads", False):
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def start(stepper, prime_ids: Sequence[int], batch_size: int):
-    """State and next-token logits after reading the prompt (uniform logits if there is none)."""
-    state = stepper.init_state(batch_size)
-    if len(prime_ids) == 0:
-        return torch.zeros(batch_size, stepper.vocab_size), state
-    prompt = torch.tensor(list(prime_ids), dtype=torch.long)[None, :].expand(batch_size, -1).contiguous()
-    logits, state = stepper.prime(prompt, state)
-    return logits.float(), state
-
-
-@torch.inference_mode()
-def generate(stepper, prime_ids: Sequence[int], config: SampleConfig) -> Iterator[torch.Tensor]:
-    """Yield the next token of each of the `num_samples` streams, (B,), `config.length` times.
-
-    Progressive: one step per token with the carried state. Windowed: before every token the last
-    `config.window` tokens are read again from a fresh initial state (the paper's Algorithm 4).
-    """
-    generator = torch.Generator().manual_seed(config.seed)
-    batch = config.num_samples
-    windowed = config.sampling == "windowed"
-    if windowed:
-        context = torch.tensor(list(prime_ids), dtype=torch.long)[None, :].expand(batch, -1)
-        context = context[:, -config.window:]
-    logits, state = start(stepper, prime_ids[-config.window:] if windowed else prime_ids, batch)
-    block = NOISE_BLOCK
-    with torch_threads_for(stepper):
-        for position in range(config.length):
-            if not config.argmax and position % block == 0:
-                noise = gumbel_noise(generator, block, batch, logits.shape[-1])
-            token = sample_next_token(logits.cpu(), config.temperature, config.top_k, config.top_p, config.argmax,
-                                      gumbel=None if config.argmax else noise[position % block])
-            yield token
-            if position + 1 == config.length:
-                break
-            if windowed:
-                context = torch.cat([context, token[:, None]], dim=1)[:, -config.window:]
-                logits, _ = stepper.prime(context, stepper.init_state(batch))
-            else:
-                logits, state = stepper.step(token, state)
-
-
-@torch.inference_mode()
-def beam_search(stepper, prime_ids: Sequence[int], length: int, beam_width: int) -> list[int]:
-    """The most likely continuation of `length` tokens found with `beam_width` beams."""
-    logits, state = start(stepper, prime_ids, 1)
-    with torch_threads_for(stepper):
-        return _beam_steps(stepper, logits, state, length, beam_width)
-
-
-def _beam_steps(stepper, logits, state, length: int, beam_width: int) -> list[int]:
-    scores = torch.zeros(1)
-    sequences = torch.zeros(1, 0, dtype=torch.long)
-    for position in range(length):
-        log_probs = torch.log_softmax(logits.float().cpu(), dim=-1)  # (beams, V)
-        candidates = (scores[:, None] + log_probs).reshape(-1)
-        scores, flat = candidates.topk(min(beam_width, candidates.numel()))
-        parent, token = flat // log_probs.shape[1], flat % log_probs.shape[1]
-        sequences = torch.cat([sequences[parent], token[:, None]], dim=1)
-        if position + 1 < length:
-            state = tuple(s.index_select(1, parent.to(s.device)).contiguous() for s in state)
-            logits, state = stepper.step(token, state)
-    return sequences[0].tolist()
 
 
 def make_stepper(model, config: SampleConfig):

@@ -16,12 +16,11 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rnnlab.config import WINDOWED_SCHEMES, RunConfig, SampleConfig, build_run_config
+from rnnlab.config import WINDOWED_SCHEMES, RunConfig, SampleConfig, SchemesExperimentConfig, build_run_config
 from rnnlab.data.corpus import prepare_corpus
 from rnnlab.errors import ConfigError, RnnlabError
 from rnnlab.evaluation import evaluate_tokens
@@ -38,34 +37,7 @@ SCHEME_NAMES = {
 }
 
 
-@dataclass
-class ExperimentSettings:
-    data: str | None
-    out: Path
-    steps: int = 400
-    max_minutes: float = 0.0  # if set: the training budget per scheme, converted to steps from the timings
-    architectures: tuple[tuple[int, int], ...] = ((1, 128), (1, 512), (2, 128), (2, 512))
-    curve_architecture: tuple[int, int] = (1, 128)
-    k2: int = 100
-    k1: int = 40
-    batch_size: int = 64
-    timing_batches: int = 5
-    timing_tokens: int = 200
-    seed: int = 1234
-
-
-def parse_architectures(text: str) -> tuple[tuple[int, int], ...]:
-    """'1x128,2x512' -> ((1, 128), (2, 512))."""
-    try:
-        pairs = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item)
-    except ValueError:
-        raise ConfigError(f"architectures look like 1x128,2x512; got {text!r}") from None
-    if not pairs or any(len(p) != 2 or min(p) <= 0 for p in pairs):
-        raise ConfigError(f"architectures look like 1x128,2x512; got {text!r}")
-    return pairs
-
-
-def scheme_config(settings: ExperimentSettings, scheme: int, layers: int, hidden: int, folder: Path,
+def scheme_config(settings: SchemesExperimentConfig, scheme: int, layers: int, hidden: int, folder: Path,
                   steps: int) -> RunConfig:
     return build_run_config(None, {
         "data": {"path": settings.data},
@@ -78,9 +50,9 @@ def scheme_config(settings: ExperimentSettings, scheme: int, layers: int, hidden
 
 # --- (a) Table 4: time per training batch and per sampled token ----------------------------------
 
-def time_scheme(settings: ExperimentSettings, scheme: int, layers: int, hidden: int) -> dict:
+def time_scheme(settings: SchemesExperimentConfig, scheme: int, layers: int, hidden: int) -> dict:
     """ms per training batch (the loop's own train_batch) and per sampled token of one scheme x model."""
-    run = resolve_run(scheme_config(settings, scheme, layers, hidden, settings.out / "unused", 1))
+    run = resolve_run(scheme_config(settings, scheme, layers, hidden, Path(settings.out) / "unused", 1))
     seconds = []
     for index in range(settings.timing_batches + 1):
         start = time.perf_counter()
@@ -121,9 +93,9 @@ def log_spaced_steps(total: int) -> list[int]:
     return [p for p in points if p >= min(5, total)] or [total]
 
 
-def learning_curve(settings: ExperimentSettings, scheme: int, steps: int, test_tokens) -> list[dict]:
-    layers, hidden = settings.curve_architecture
-    folder = settings.out / f"scheme{scheme}"
+def learning_curve(settings: SchemesExperimentConfig, scheme: int, steps: int, test_tokens) -> list[dict]:
+    layers, hidden = settings.curve_model()
+    folder = Path(settings.out) / f"scheme{scheme}"
     shutil.rmtree(folder, ignore_errors=True)  # a fresh run: no stale pointers from an earlier experiment
     curve = []
     for index, point in enumerate(log_spaced_steps(steps)):
@@ -168,20 +140,20 @@ def plot_curves(curves: dict[int, list[dict]], path: Path, title: str) -> None:
 
 # --- the whole experiment ------------------------------------------------------------------------
 
-def run_schemes_experiment(settings: ExperimentSettings, log=print) -> dict:
-    settings.out.mkdir(parents=True, exist_ok=True)
+def run_schemes_experiment(settings: SchemesExperimentConfig, log=print) -> dict:
+    Path(settings.out).mkdir(parents=True, exist_ok=True)
     corpus = prepare_corpus(settings.data)
     rows = []
-    for layers, hidden in settings.architectures:
+    for layers, hidden in settings.models():
         for scheme in SCHEME_NAMES:
             rows.append(time_scheme(settings, scheme, layers, hidden))
             log(f"timing {layers}x{hidden} scheme {scheme}: {rows[-1]['train_ms_per_batch']:.1f} ms/batch, "
                 f"{rows[-1]['sample_ms_per_token']:.2f} ms/token")
-    table = timing_table(rows, settings.architectures)
-    (settings.out / "table4.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    (settings.out / "table4.md").write_text(table + "\n", encoding="utf-8")
+    table = timing_table(rows, settings.models())
+    (Path(settings.out) / "table4.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    (Path(settings.out) / "table4.md").write_text(table + "\n", encoding="utf-8")
 
-    config = scheme_config(settings, 1, *settings.curve_architecture, settings.out, 1)
+    config = scheme_config(settings, 1, *settings.curve_model(), Path(settings.out), 1)
     test_tokens = corpus.splits(config.data.val_frac, config.data.test_frac).test
     if len(test_tokens) < settings.k2 + 2:
         raise ConfigError(f"the test split has {len(test_tokens)} characters; it needs more than k2 = {settings.k2}")
@@ -190,24 +162,24 @@ def run_schemes_experiment(settings: ExperimentSettings, log=print) -> dict:
         steps = settings.steps
         if settings.max_minutes:
             ms = next(r["train_ms_per_batch"] for r in rows if (r["scheme"], r["layers"], r["hidden"])
-                      == (scheme, *settings.curve_architecture))
+                      == (scheme, *settings.curve_model()))
             steps = max(5, int(settings.max_minutes * 60_000 / ms))
         curves[scheme] = learning_curve(settings, scheme, steps, test_tokens)
         log(f"scheme {scheme}: " + ", ".join(f"{p['sequences']}: {p['perplexity']:.2f}" for p in curves[scheme]))
-    r, g = settings.curve_architecture
-    plot_curves(curves, settings.out / "fig9.png", f"{corpus.meta['source'].rsplit('/', 1)[-1]}, r={r}, γ={g}")
+    r, g = settings.curve_model()
+    plot_curves(curves, Path(settings.out) / "fig9.png", f"{corpus.meta['source'].rsplit('/', 1)[-1]}, r={r}, γ={g}")
     results = {"timings": rows, "curves": curves, "k1": settings.k1, "k2": settings.k2,
-               "batch_size": settings.batch_size, "curve_architecture": list(settings.curve_architecture)}
-    (settings.out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    (settings.out / "summary.md").write_text(summary(results, table, settings), encoding="utf-8")
+               "batch_size": settings.batch_size, "curve_architecture": list(settings.curve_model())}
+    (Path(settings.out) / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    (Path(settings.out) / "summary.md").write_text(summary(results, table, settings), encoding="utf-8")
     return results
 
 
-def summary(results: dict, table: str, settings: ExperimentSettings) -> str:
+def summary(results: dict, table: str, settings: SchemesExperimentConfig) -> str:
     rows, curves = results["timings"], results["curves"]
     lines = [f"# Training and sampling schemes on this machine (k2 = {settings.k2}, k1 = {settings.k1}, "
              f"batch {settings.batch_size})", "", "## Time per training batch / per sampled token (ms)", "", table, ""]
-    for r, g in settings.architectures:
+    for r, g in settings.models():
         def cell(scheme, key, r=r, g=g):
             return next(x[key] for x in rows if (x["scheme"], x["layers"], x["hidden"]) == (scheme, r, g))
         speedup = cell(1, "sample_ms_per_token") / cell(3, "sample_ms_per_token")
@@ -215,7 +187,7 @@ def summary(results: dict, table: str, settings: ExperimentSettings) -> str:
         lines.append(f"- r={r}, γ={g}: progressive sampling is {speedup:.1f}x faster than windowed; a single-loss "
                      f"training batch (scheme 2) takes {100 * abs(change):.0f}% {'more' if change > 0 else 'less'} "
                      f"time than a multi-loss one (scheme 1).")
-    r, g = settings.curve_architecture
+    r, g = settings.curve_model()
     lines += ["", f"## Test perplexity against training sequences (r={r}, γ={g}; fig9.png)", "",
               "| scheme | " + " | ".join(str(p["sequences"]) for p in curves[1]) + " |",
               "|---" * (len(curves[1]) + 1) + "|"]

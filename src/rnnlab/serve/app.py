@@ -9,31 +9,40 @@ in /v1/score they get no score and are listed ("unknown"). Errors are 4xx JSON: 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 from importlib import resources
 from typing import AsyncIterator
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from rnnlab.config import ServeConfig
+from rnnlab.config import SampleConfig, ServeConfig
+from rnnlab.errors import ConfigError
+from rnnlab.sampling import TokenSampler, prompt_ids, sample_config_for
 from rnnlab.serve.engine import Busy, Capacity, LoadedModel, Scheduler, Stream, surprise
+
+_SAMPLE_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(SampleConfig)}
+SAMPLED = ("temperature", "top_k", "top_p", "seed")  # the request's SampleConfig settings (length apart)
 
 
 class CompleteRequest(BaseModel):
+    """A completion request. The sampling settings are SampleConfig's, checked by its own validate()
+    (a value it refuses is a 422 with its message), so their limits live in one place."""
     model: str | None = Field(None, description="model name from /v1/models (default: the first)")
     prompt: str = Field("", description="text to continue")
-    length: int | None = Field(None, ge=1, description="characters per completion (default: 200, or the limit)")
-    temperature: float = Field(1.0, gt=0, le=100, description="> 0; lower is more conservative")
-    top_k: int = Field(0, ge=0, description="sample among the k most likely characters (0 = all)")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass, in (0, 1]")
-    seed: int | None = Field(None, ge=0, lt=2 ** 63, description="same seed, same completion")
-    n: int = Field(1, ge=1, description="number of completions")
-    stream: bool = Field(False, description="send characters as server-sent events as they are generated")
+    length: int | None = Field(None, description=_SAMPLE_HELP["length"] + " per completion (default: 200, or the "
+                                                                          "server's limit)")
+    temperature: float | None = Field(None, description=_SAMPLE_HELP["temperature"])
+    top_k: int | None = Field(None, description=_SAMPLE_HELP["top_k"])
+    top_p: float | None = Field(None, description=_SAMPLE_HELP["top_p"])
+    seed: int | None = Field(None, description=_SAMPLE_HELP["seed"] + " (default: a random one, returned)")
+    n: int = Field(1, description="number of completions (each with seed, seed + 1, ...)")
+    stream: bool = Field(False, description="send the text as server-sent events as it is generated")
 
 
 class ScoreRequest(BaseModel):
@@ -50,7 +59,6 @@ class ApiError(Exception):
 def create_app(models: list[LoadedModel], config: ServeConfig) -> FastAPI:
     if not models:
         raise ValueError("create_app needs at least one model")
-    torch.set_num_threads(config.threads)
     app = FastAPI(title="rnnlab", description="Auto-complete text with recurrent language models.")
     by_name = {m.name: m for m in models}
     capacity = Capacity(config.max_streams)
@@ -84,14 +92,21 @@ def create_app(models: list[LoadedModel], config: ServeConfig) -> FastAPI:
     @app.post("/v1/complete")
     async def complete(body: CompleteRequest, request: Request):
         loaded = pick(body.model)
-        body.length = body.length or min(200, config.max_length)
+        body.length = body.length if body.length is not None else min(200, config.max_length)
+        if body.n < 1:
+            raise ApiError(422, f"n must be > 0, got {body.n}")
         check_limits(body, config)
-        prime_text = loaded.vocab.drop_unknown(body.prompt)
-        dropped = loaded.vocab.unknown_pieces(body.prompt)
-        prime_ids = loaded.vocab.encode(prime_text).tolist() if prime_text else loaded.default_prime()
-        seed = body.seed if body.seed is not None else int(torch.randint(0, 2 ** 62, (1,)))
-        streams = [Stream(prime_ids, body.length, body.temperature, body.top_k, body.top_p,
-                          torch.Generator().manual_seed(seed + i)) for i in range(body.n)]
+        seed = body.seed if body.seed is not None else secrets.randbelow(2 ** 62)
+        given = {name: getattr(body, name) for name in SAMPLED if getattr(body, name) is not None}
+        try:  # the model's own defaults (windowed for scheme 1/2 models) under the request's settings
+            settings = sample_config_for(loaded.train_config, {**given, "length": body.length, "seed": seed})
+        except ConfigError as exc:
+            raise ApiError(422, str(exc)) from None
+        prompt = prompt_ids(loaded.vocab, body.prompt)
+        prime_text, dropped = prompt.text, prompt.dropped
+        window = settings.window if settings.sampling == "windowed" else 0
+        streams = [Stream(prompt.ids, settings.length, TokenSampler(settings, 1, seed + i), window)
+                   for i in range(body.n)]
         try:
             schedulers[loaded.name].submit(streams)
         except Busy as exc:

@@ -16,11 +16,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from rnnlab.config import SampleConfig
+from rnnlab.config import SampleConfig, TrainConfig
 from rnnlab.data.vocab import Vocab
-from rnnlab.sampling import make_stepper, sample_next_token, start
+from rnnlab.sampling import TokenSampler, concat_rows, make_stepper, prime, start, step, take_rows
 from rnnlab.training.checkpoint import load_checkpoint
 
 
@@ -32,6 +33,7 @@ class LoadedModel:
     vocab: Vocab
     stepper: object
     info: dict
+    train_config: TrainConfig = field(default_factory=TrainConfig)  # (its scheme decides how it samples)
 
     @classmethod
     def load(cls, name: str, path: str | Path) -> "LoadedModel":
@@ -46,7 +48,7 @@ class LoadedModel:
         # fp32: a server steps many completions as one batch, where OpenBLAS's fp32 products are fast,
         # and the engine's fp32 weights are the model's own memory (int8 would add a packed copy)
         stepper = make_stepper(model, SampleConfig(precision="fp32"))
-        return cls(name, ckpt.path, model, ckpt.vocab, stepper, info)
+        return cls(name, ckpt.path, model, ckpt.vocab, stepper, info, ckpt.config.train)
 
     def default_prime(self) -> list[int]:
         return self.vocab.line_start()
@@ -54,16 +56,17 @@ class LoadedModel:
 
 @dataclass
 class Stream:
-    """One completion being generated: its settings, its generator and where its characters go."""
+    """One completion being generated: its prompt, length, sampler (settings and seed), and where its
+    tokens go. With a window, it samples windowed: its last `window` tokens are re-read for each new one."""
     prime_ids: list[int]
     length: int
-    temperature: float
-    top_k: int
-    top_p: float
-    generator: torch.Generator
+    sampler: TokenSampler
+    window: int = 0
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     produced: int = 0
     cancelled: bool = False
+    context: list[int] = field(default_factory=list)  # windowed: the tokens it reads next
+    logits: np.ndarray | None = None  # windowed: its next-token logits
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -79,8 +82,9 @@ class Scheduler:
     def __init__(self, loaded: LoadedModel, capacity: "Capacity", max_batch: int = 0):
         self.loaded, self.capacity, self.max_batch = loaded, capacity, max_batch
         self.pending: list[Stream] = []
-        self.active: list[Stream] = []
-        self.logits: torch.Tensor | None = None  # (B, V) next-character logits of the active streams
+        self.active: list[Stream] = []  # progressive streams, stepped together as one batch
+        self.windowed: list[Stream] = []  # windowed streams, each re-reading its window
+        self.logits: np.ndarray | None = None  # (B, V) next-token logits of the active streams
         self.state = None
         self.steps = 0  # batched steps run, for tests and metrics
         self._task: asyncio.Task | None = None
@@ -95,7 +99,7 @@ class Scheduler:
 
     async def _run(self) -> None:
         while True:
-            if not self.pending and not self.active:
+            if not self.pending and not self.active and not self.windowed:
                 self._wake.clear()
                 await self._wake.wait()
             room = self.max_batch - len(self.active) if self.max_batch else len(self.pending)
@@ -107,14 +111,16 @@ class Scheduler:
                 stream.queue.put_nowait(item)
 
     def _advance(self, joining: list[Stream]) -> list[tuple[Stream, int | None]]:
-        """Join new streams, sample one character for every active one, drop finished ones, step."""
+        """Join new streams, sample one token for every active one, drop finished ones, step."""
         self._join(joining)
-        if not self.active:
-            return []
-        tokens = torch.empty(len(self.active), dtype=torch.long)
-        for row, stream in enumerate(self.active):
-            tokens[row] = sample_next_token(self.logits[row:row + 1].float(), stream.temperature, stream.top_k,
-                                            stream.top_p, False, stream.generator)[0]
+        events = self._advance_batch() if self.active else []
+        for stream in list(self.windowed):
+            events += self._advance_windowed(stream)
+        return events
+
+    def _advance_batch(self) -> list[tuple[Stream, int | None]]:
+        tokens = np.array([int(stream.sampler(self.logits[row:row + 1])[0]) for row, stream in enumerate(self.active)],
+                          dtype=np.int64)
         keep, events = [], []
         for row, stream in enumerate(self.active):
             if stream.cancelled:
@@ -127,30 +133,53 @@ class Scheduler:
                 events.append((stream, None))  # end of this completion
         self._keep(keep)
         if self.active:
-            self.logits, self.state = self.loaded.stepper.step(tokens[keep], self.state)
+            self.logits, self.state = step(self.loaded.stepper, tokens[keep], self.state)
             self.steps += 1
         return events
+
+    def _advance_windowed(self, stream: Stream) -> list[tuple[Stream, int | None]]:
+        if stream.cancelled:
+            self._leave(stream)
+            return []
+        token = int(stream.sampler(stream.logits)[0])
+        stream.produced += 1
+        if stream.produced == stream.length:
+            self._leave(stream)
+            return [(stream, token), (stream, None)]
+        stream.context = (stream.context + [token])[-stream.window:]
+        stepper = self.loaded.stepper
+        stream.logits, _ = prime(stepper, np.array([stream.context], dtype=np.int64), stepper.init_state(1))
+        return [(stream, token)]
+
+    def _leave(self, stream: Stream) -> None:
+        self.windowed.remove(stream)
+        self.capacity.release(1)
 
     def _join(self, joining: list[Stream]) -> None:
         for stream in joining:
             if stream.cancelled:
                 self.capacity.release(1)
                 continue
+            if stream.window:
+                stream.context = list(stream.prime_ids[-stream.window:])
+                stream.logits, _ = start(self.loaded.stepper, stream.context, 1)
+                self.windowed.append(stream)
+                continue
             logits, state = start(self.loaded.stepper, stream.prime_ids, 1)
             if self.active:
-                self.logits = torch.cat([self.logits, logits.float()])
-                self.state = tuple(torch.cat([a, b], dim=1) for a, b in zip(self.state, state, strict=True))
+                self.logits = np.concatenate([self.logits, logits])
+                self.state = concat_rows(self.state, state)
             else:
-                self.logits, self.state = logits.float(), state
+                self.logits, self.state = logits, state
             self.active.append(stream)
 
     def _keep(self, rows: list[int]) -> None:
         released = len(self.active) - len(rows)
         if released:
-            index = torch.tensor(rows, dtype=torch.long)
+            index = np.array(rows, dtype=np.int64)
             self.active = [self.active[r] for r in rows]
             self.logits = self.logits[index]
-            self.state = tuple(s.index_select(1, index).contiguous() for s in self.state) if rows else None
+            self.state = take_rows(self.state, index) if rows else None
             self.capacity.release(released)
 
 
