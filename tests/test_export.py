@@ -75,3 +75,25 @@ def test_a_word_level_model_exports_and_completes_words(tmp_path):
     text = OnnxModel(tmp_path / "m.onnx").complete("the cat", length=8, seed=1)
     assert text.startswith((" ", "\n")) and len(text.split()) + text.count("\n") == 8
     assert set(text.split()) <= set(vocab.tokens)
+
+
+def test_the_cli_the_server_and_the_onnx_engine_give_the_same_seeded_completion(tmp_path, trained_checkpoint,
+                                                                              capsys):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from rnnlab.config import ServeConfig
+    from rnnlab.serve.app import create_app
+    from rnnlab.serve.engine import LoadedModel
+
+    assert main(["export", str(trained_checkpoint), "--onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    request = {"prompt": "ROMEO:", "length": 60, "seed": 11, "temperature": 0.8, "top_k": 20, "top_p": 0.95}
+    assert main(["sample", str(trained_checkpoint), "--prime-text", "ROMEO:", "--length", "60", "--seed", "11",
+                 "--temperature", "0.8", "--top-k", "20", "--top-p", "0.95", "--precision", "fp32"]) == 0
+    by_cli = capsys.readouterr().out.removeprefix("ROMEO:").removesuffix("\n")
+    client = TestClient(create_app([LoadedModel.load("m", trained_checkpoint)], ServeConfig()))
+    by_server = client.post("/v1/complete", json=request).json()["completions"][0]["text"]
+    by_onnx = OnnxModel(tmp_path / "m.onnx").complete("ROMEO:", length=60, seed=11, temperature=0.8, top_k=20,
+                                                      top_p=0.95)
+    assert len(by_cli) == 60 and by_cli == by_server == by_onnx

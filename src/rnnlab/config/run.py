@@ -1,52 +1,28 @@
-"""The one source of hyperparameters: typed dataclasses, TOML presets and CLI overrides.
-
-Every CLI flag of `rnnlab train` and `rnnlab sample` is derived from a field below (its name with
-dashes, its type, its help text and its choices), so adding a setting means adding one field.
-Values are merged in this order: dataclass defaults < TOML file < command-line flags.
-"""
+"""The run's config tree: data, model and training settings (RunConfig), the paper's scheme and
+architecture presets, and the merge of defaults < TOML preset < flags into one validated RunConfig."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import math
-import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
+from rnnlab.config.fields import (
+    check_choices,
+    check_seed,
+    load_toml,
+    merge,
+    non_negative,
+    positive,
+    positive_float,
+    section_from_dict,
+    setting,
+)
 from rnnlab.errors import ConfigError
 
 log = logging.getLogger("rnnlab")
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
-
-def setting(default: Any, help: str, choices: tuple | None = None, flag: str | None = None,
-            aliases: tuple[str, ...] = (), *, resumable: bool = False, shapes_weights: bool = False,
-            is_path: bool = False, needs: tuple[Callable[["RunConfig"], bool], str] | None = None,
-            required: bool = False) -> Any:
-    """A dataclass field that carries its CLI help text (and optional choices, flag name, aliases) and
-    the policies that concern it:
-    resumable: `--resume` may give it again (stop limits, cadence, where things go): the run stays the same;
-    shapes_weights: it shapes the weights, so a run started `--init-from` a checkpoint keeps the checkpoint's;
-    is_path: it names a file or folder, stored absolute so a run resumes from anywhere;
-    needs: (is it used by this config?, what it needs), so a setting given without effect is reported;
-    required: its command-line flag must be given."""
-    metadata = {"help": help, "choices": choices, "flag": flag, "aliases": aliases, "resumable": resumable,
-                "shapes_weights": shapes_weights, "is_path": is_path, "needs": needs, "required": required}
-    return field(default=default, metadata=metadata)
-
-
-def marked(section_type: type, policy: str) -> tuple[str, ...]:
-    """The names of a config section's fields that carry `policy` (see setting())."""
-    return tuple(f.name for f in dataclasses.fields(section_type) if f.metadata.get(policy))
 
 
 def _single_file(data: "DataConfig") -> bool:
@@ -82,9 +58,9 @@ class DataConfig:
                                 "learned", shapes_weights=True)
 
     def validate(self) -> None:
-        _check_choices(self)
-        _non_negative(self, "vocab_size")
-        _positive(self, "min_count")
+        check_choices(self)
+        non_negative(self, "vocab_size")
+        positive(self, "min_count")
         if self.tokenizer == "char" and (self.vocab_size or self.min_count != 1):
             raise ConfigError("--vocab-size and --min-count apply to the word and bpe tokenizers, not to char")
         if self.tokenizer == "word" and 0 < self.vocab_size < 3:
@@ -147,8 +123,8 @@ class ModelConfig:
                                                              "last layer to the training loss", flag="tar")
 
     def validate(self) -> None:
-        _check_choices(self)
-        _positive(self, "num_layers", "hidden_size")
+        check_choices(self)
+        positive(self, "num_layers", "hidden_size")
         for name in ("dropout", "dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output",
                      "weight_drop", "weight_drop_input", "dropout_recurrent", "dropout_last_input"):
             value = getattr(self, name)
@@ -159,10 +135,10 @@ class ModelConfig:
         if self.weight_drop_input and self.cell == "qrnn":
             raise ConfigError("the QRNN's --weight-drop already drops its (input) convolution weights; "
                               "weight_drop_input is for lstm, gru and rnn")
-        _non_negative(self, "activation_regularization", "temporal_activation_regularization")
+        non_negative(self, "activation_regularization", "temporal_activation_regularization")
         if self.dropout_embedding and not self.embedding_size:
             raise ConfigError("dropout_embedding needs an embedding (--embedding-size > 0)")
-        _positive(self, "mos_experts", "dense_size")
+        positive(self, "mos_experts", "dense_size")
         if self.embedding_size < 0:
             raise ConfigError(f"embedding_size must be >= 0 (0 = one-hot), got {self.embedding_size}")
         if self.architecture == "paper" and (self.cell != "lstm" or self.embedding_size):
@@ -260,13 +236,13 @@ class TrainConfig:
     threads: int = setting(0, "CPU threads for PyTorch (0 = all cores)", resumable=True)
 
     def validate(self) -> None:
-        _check_choices(self)
-        _check_seed(self.seed)
+        check_choices(self)
+        check_seed(self.seed)
         if self.precision == "fp16" and self.device == "cpu":
             raise ConfigError("precision fp16 is for CUDA; on CPU use bf16 (or auto)")
-        _positive(self, "batch_size", "seq_length", "k3", "eval_every", "eval_batch_size", "log_every", "keep_last",
+        positive(self, "batch_size", "seq_length", "k3", "eval_every", "eval_batch_size", "log_every", "keep_last",
                   "nt_asgd_interval", "cycle_steps", "patience")
-        _non_negative(self, "k1", "reset_every")
+        non_negative(self, "k1", "reset_every")
         if self.k1 > self.seq_length:
             raise ConfigError(f"k1 ({self.k1}) must be <= k2 ({self.seq_length}), or some positions are never used")
         if self.k3 > self.seq_length:
@@ -281,164 +257,13 @@ class TrainConfig:
             raise ConfigError(f"--k1 has no meaning with --batching {self.batching}")
         if self.batching == "random" and self.state == "carry":
             raise ConfigError("random windows are unrelated to each other: use --state zero or learned")
-        _positive_float(self, "learning_rate", "decay_rate", "max_epochs")
-        _non_negative(self, "warmup_steps", "decay_after", "max_steps", "max_minutes", "grad_clip",
+        positive_float(self, "learning_rate", "decay_rate", "max_epochs")
+        non_negative(self, "warmup_steps", "decay_after", "max_steps", "max_minutes", "grad_clip",
                       "weight_decay", "loss_guard", "sample_length", "threads")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.min_lr_frac <= 1.0:
             raise ConfigError(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
-
-
-@dataclass
-class SampleConfig:
-    length: int = setting(2000, "tokens to generate (characters, for a char model)")
-    temperature: float = setting(1.0, "divide the logits by this (> 0); lower is more conservative")
-    top_k: int = setting(0, "sample only among the k most likely tokens (0 = all)")
-    top_p: float = setting(1.0, "sample only from the smallest set holding this probability mass, in (0, 1]")
-    argmax: bool = setting(False, "always take the most likely character (greedy)")
-    beam_width: int = setting(0, "beam search with this many beams for the most likely continuation (0 = off)")
-    num_samples: int = setting(1, "independent samples generated together as one batch")
-    prime_text: str = setting("", "text that warms the model up before generating")
-    prime_file: str | None = setting(None, "read the prime text from this UTF-8 file")
-    unknown: str = setting("error", "prime characters (or, for a word model, words) not in the vocabulary",
-                           choices=("error", "skip"))
-    sampling: str = setting("progressive", "progressive: one step per new token with the carried state; "
-                            "windowed: re-read the last --window tokens from a fresh state for every token",
-                            choices=("progressive", "windowed"))
-    window: int = setting(100, "tokens re-read per new token in windowed sampling",
-                          needs=(lambda s: s.sampling == "windowed", "--sampling windowed"))
-    seed: int = setting(0, "random seed: the same seed gives the same text on the same machine")
-    fast: bool = setting(True, "use the single-step engine on CPU (--no-fast steps with the model's torch code)")
-    precision: str = setting("int8", "weights of the CPU engine: int8 (fbgemm, one scale per row; about 1.25x faster "
-                             "than fp32 on one stream, 2.7x on 64, next-token probabilities within 1e-2 of it, "
-                             "tested) or fp32 (exact: the same text as --no-fast for a seed)", choices=("int8", "fp32"),
-                             needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))
-    device: str = setting("cpu", "where to run the model", choices=("auto", "cpu", "cuda"))
-
-    def validate(self) -> None:
-        _check_choices(self)
-        _check_seed(self.seed)
-        _positive(self, "length", "num_samples", "window")
-        _non_negative(self, "top_k", "beam_width")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.argmax and not self.beam_width:
-            shaping = (("temperature", self.temperature, 1.0), ("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0))
-            ignored = [name for name, value, default in shaping if value != default]
-            if ignored:
-                raise ConfigError(f"argmax always takes the most likely token; it cannot be combined with "
-                                  f"{', '.join(ignored)}")
-        if self.beam_width:
-            ignored = [name for name, value, default in (
-                ("num_samples", self.num_samples, 1), ("temperature", self.temperature, 1.0),
-                ("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0), ("argmax", self.argmax, False),
-                ("sampling", self.sampling, "progressive")) if value != default]
-            if ignored:
-                raise ConfigError(f"beam search finds the single most likely continuation; it cannot be combined "
-                                  f"with {', '.join(ignored)}")
-
-
-@dataclass
-class EvalConfig:
-    """`rnnlab eval`: how a text file is scored."""
-    batch_size: int = setting(64, "parallel streams")
-    seq_length: int = setting(0, "steps per chunk (0 = the training seq_length; with --dynamic, 50)")
-    burn_in: int = setting(0, "read the file as one stream; its first N tokens only bootstrap the state and every "
-                              "later one is scored (the paper's protocol, N = k2); 0: score all in parallel streams")
-    dynamic: bool = setting(False, "dynamic evaluation: adapt the weights to the text as it is read (one stream)")
-    dynamic_lr: float = setting(1e-4, "dynamic evaluation's learning rate")
-    dynamic_decay: float = setting(2e-5, "dynamic evaluation's pull back toward the trained weights per step")
-    device: str = setting("auto", "where to run", choices=("auto", "cpu", "cuda"))
-    json: bool = setting(False, "print one JSON object")
-
-    def validate(self) -> None:
-        _check_choices(self)
-        _positive(self, "batch_size")
-        _non_negative(self, "seq_length", "burn_in")
-        if self.dynamic and (not (self.dynamic_lr > 0 and math.isfinite(self.dynamic_lr))
-                             or not 0 <= self.dynamic_decay < 1):
-            raise ConfigError("--dynamic needs --dynamic-lr > 0 (finite) and --dynamic-decay in [0, 1)")
-
-    def check_given(self, given) -> None:
-        """Settings given that this evaluation would not use are refused (they would silently do nothing)."""
-        if self.dynamic and {"batch_size", "burn_in"} & set(given):
-            raise ConfigError("--dynamic reads the file as one stream: drop --batch-size and --burn-in")
-        dynamic_only = [f"--{name.replace('_', '-')}" for name in ("dynamic_lr", "dynamic_decay") if name in given]
-        if dynamic_only and not self.dynamic:
-            raise ConfigError(f"{' and '.join(dynamic_only)} set dynamic evaluation: add --dynamic")
-
-
-@dataclass
-class SchemesExperimentConfig:
-    """`rnnlab experiment schemes`: the paper's four schemes timed and trained on one corpus."""
-    data: str | None = setting(None, "text file (default: the embedded corpus)", is_path=True)
-    out: str = setting("", "folder for table4.md, fig9.png and summary.md", required=True, is_path=True)
-    steps: int = setting(400, "training batches per scheme")
-    max_minutes: float = setting(0.0, "training minutes per scheme instead of --steps (converted to steps from "
-                                      "the timings)")
-    architectures: str = setting("1x128,1x512,2x128,2x512", "r x gamma models for the timing table (the paper's "
-                                                            "four)")
-    curve_architecture: str = setting("1x128", "r x gamma model for the perplexity curves")
-    k2: int = setting(100, "training sequence length")
-    k1: int = setting(40, "stride between sequences")
-    batch_size: int = setting(64, "sequences per batch")
-    timing_batches: int = setting(5, "timed training batches per cell")
-    timing_tokens: int = setting(200, "sampled tokens timed per cell (a tenth as many for the windowed schemes)")
-    seed: int = setting(1234, "seed of every run")
-
-    def validate(self) -> None:
-        _positive(self, "steps", "timing_batches", "timing_tokens", "batch_size", "k2", "k1")
-        _non_negative(self, "max_minutes")
-        _check_seed(self.seed)
-        if self.k1 > self.k2:
-            raise ConfigError(f"k1 ({self.k1}) must be <= k2 ({self.k2})")
-        self.models()
-        self.curve_model()
-
-    def check_given(self, given) -> None:
-        if {"steps", "max_minutes"} <= set(given):
-            raise ConfigError("give --steps or --max-minutes, not both")
-
-    def models(self) -> tuple[tuple[int, int], ...]:
-        return parse_architectures(self.architectures)
-
-    def curve_model(self) -> tuple[int, int]:
-        return parse_architectures(self.curve_architecture)[0]
-
-
-def parse_architectures(text: str) -> tuple[tuple[int, int], ...]:
-    """'1x128,2x512' -> ((1, 128), (2, 512))."""
-    try:
-        pairs = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item)
-    except ValueError:
-        raise ConfigError(f"architectures look like 1x128,2x512; got {text!r}") from None
-    if not pairs or any(len(p) != 2 or min(p) <= 0 for p in pairs):
-        raise ConfigError(f"architectures look like 1x128,2x512; got {text!r}")
-    return pairs
-
-
-@dataclass
-class ServeConfig:
-    host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
-    port: int = setting(8000, "TCP port")
-    max_prompt_chars: int = setting(4000, "longest prompt accepted by /v1/complete")
-    max_length: int = setting(2000, "most characters one completion may ask for")
-    max_n: int = setting(8, "most completions one request may ask for")
-    max_streams: int = setting(64, "most completions generated at once across all requests; more get 503")
-    max_score_chars: int = setting(100_000, "longest text accepted by /v1/score")
-    max_batch: int = setting(0, "most completions one model advances per step (0 = all active: micro-batching; "
-                                "1 = one completion at a time)")
-    threads: int = setting(1, "torch threads for prompts and scoring (NumPy/OpenBLAS steps use the cores too)")
-
-    def validate(self) -> None:
-        _positive(self, "port", "max_prompt_chars", "max_length", "max_n", "max_streams", "max_score_chars",
-                  "threads")
-        _non_negative(self, "max_batch")
-        if self.port > 65535:
-            raise ConfigError(f"port must be <= 65535, got {self.port}")
 
 
 @dataclass
@@ -457,7 +282,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "RunConfig":
-        return cls(**{name: _section_from_dict(section_type, raw.get(name, {}), name)
+        return cls(**{name: section_from_dict(section_type, raw.get(name, {}), name)
                       for name, section_type in _sections(cls).items()})
 
 
@@ -469,101 +294,6 @@ def sections() -> dict[str, type]:
 def _sections(cls: type) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _section_from_dict(section_type: type, raw: dict, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{where}] must be a table of settings")
-    hints = typing.get_type_hints(section_type)
-    known = {f.name for f in dataclasses.fields(section_type)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(unknown)}")
-    values = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
-    return section_type(**values)
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check a TOML/JSON value against a field's type (ints are accepted where floats are)."""
-    base, optional = _unwrap_optional(annotation)
-    if value is None and optional:
-        return None
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if base is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if base is int and isinstance(value, bool):
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-    if not isinstance(value, base):
-        raise ConfigError(f"{where} must be of type {base.__name__}, got {value!r}")
-    return value
-
-
-def _unwrap_optional(annotation: Any) -> tuple[type, bool]:
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return annotation, False
-
-
-def load_toml(path: str | Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-
-
-def merge(base: dict, override: dict) -> dict:
-    """Deep-merge two nested dicts of settings; values in `override` win."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-# --- CLI flags derived from the dataclasses -------------------------------------------------
-
-def add_flags(parser: argparse.ArgumentParser, section: str, section_type: type,
-              skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of `section_type`; parsed values land in `section.field` (None = unset)."""
-    group = parser.add_argument_group(f"{section} settings")
-    hints = typing.get_type_hints(section_type)
-    for f in dataclasses.fields(section_type):
-        if f.name in skip:
-            continue
-        base, _ = _unwrap_optional(hints[f.name])
-        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        if "default" not in help_text and not f.metadata.get("required"):
-            help_text += f" (default: {f.default})"
-        kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text,
-                                  "required": bool(f.metadata.get("required"))}
-        if base is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif f.metadata.get("choices"):
-            kwargs.update(type=base, choices=f.metadata["choices"])
-        else:
-            kwargs.update(type=base, metavar=f.name.upper())
-        group.add_argument(flag, *f.metadata.get("aliases", ()), **kwargs)
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict:
-    """The nested dict of settings that were given on the command line."""
-    nested: dict = {}
-    for dest, value in vars(args).items():
-        if "." not in dest or value is None:
-            continue
-        section, name = dest.split(".", 1)
-        nested.setdefault(section, {})[name] = value
-    return nested
 
 
 # The paper's schemes as presets under whatever the user sets explicitly. Every scheme uses the
@@ -596,7 +326,7 @@ def build_run_config(config_file: str | None, overrides: dict, defaults: dict | 
         raise ConfigError(f"unknown section(s) in {config_file}: {', '.join(unknown)}")
     for name, section_type in _sections(RunConfig).items():  # the file alone must be valid, whatever flags
         if name in raw:                                       # later replace
-            _section_from_dict(section_type, raw[name], name)
+            section_from_dict(section_type, raw[name], name)
     explicit = merge(raw, overrides)
     scheme = explicit.get("train", {}).get("scheme", 0)
     if scheme not in SCHEMES and scheme != 0:
@@ -627,61 +357,7 @@ def unused_settings(config: RunConfig, explicit: dict) -> list[str]:
     return messages
 
 
-def unused_section_settings(config: Any, given) -> list[str]:
-    """unused_settings for a section that stands alone (SampleConfig): its `needs` read the section."""
-    messages = []
-    for f in dataclasses.fields(config):
-        if f.metadata.get("needs") and f.name in given and not f.metadata["needs"][0](config):
-            flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
-            messages.append(f"{flag} has no effect here: it needs {f.metadata['needs'][1]}")
-    return messages
-
-
 def _flag(section: str, name: str) -> str:
     section_type = _sections(RunConfig)[section]
     metadata = next(f.metadata for f in dataclasses.fields(section_type) if f.name == name)
     return "--" + (metadata.get("flag") or name).replace("_", "-")
-
-
-def build_section(section_type: type, overrides: dict) -> Any:
-    """One config section from the settings given (flags); validated, and, where the section says which
-    given settings would do nothing (check_given), those refused."""
-    config = _section_from_dict(section_type, overrides, section_type.__name__)
-    config.validate()
-    if hasattr(config, "check_given"):
-        config.check_given(set(overrides))
-    return config
-
-
-def _check_choices(config: Any) -> None:
-    """Values of fields with fixed choices, wherever they came from (flags, TOML, a checkpoint)."""
-    for f in dataclasses.fields(config):
-        choices = f.metadata.get("choices")
-        if choices and getattr(config, f.name) not in choices:
-            allowed = ", ".join(map(str, choices))
-            raise ConfigError(f"{f.name} must be one of {allowed}; got {getattr(config, f.name)!r}")
-
-
-def _check_seed(seed: int) -> None:
-    if not 0 <= seed < 2 ** 63:
-        raise ConfigError(f"seed must be in [0, 2^63), got {seed}")
-
-
-def _positive(config: Any, *names: str) -> None:
-    for name in names:
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name} must be > 0, got {getattr(config, name)}")
-
-
-def _positive_float(config: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not (value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{name} must be > 0, got {value}")
-
-
-def _non_negative(config: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not value >= 0:
-            raise ConfigError(f"{name} must be >= 0, got {value}")

@@ -1,0 +1,160 @@
+"""The settings of the commands around a run: sampling, evaluation, serving and the schemes experiment."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rnnlab.config.fields import check_choices, check_seed, non_negative, positive, setting
+from rnnlab.errors import ConfigError
+
+
+@dataclass
+class SampleConfig:
+    length: int = setting(2000, "tokens to generate (characters, for a char model)")
+    temperature: float = setting(1.0, "divide the logits by this (> 0); lower is more conservative")
+    top_k: int = setting(0, "sample only among the k most likely tokens (0 = all)")
+    top_p: float = setting(1.0, "sample only from the smallest set holding this probability mass, in (0, 1]")
+    argmax: bool = setting(False, "always take the most likely character (greedy)")
+    beam_width: int = setting(0, "beam search with this many beams for the most likely continuation (0 = off)")
+    num_samples: int = setting(1, "independent samples generated together as one batch")
+    prime_text: str = setting("", "text that warms the model up before generating")
+    prime_file: str | None = setting(None, "read the prime text from this UTF-8 file")
+    unknown: str = setting("error", "prime characters (or, for a word model, words) not in the vocabulary",
+                           choices=("error", "skip"))
+    sampling: str = setting("progressive", "progressive: one step per new token with the carried state; "
+                            "windowed: re-read the last --window tokens from a fresh state for every token",
+                            choices=("progressive", "windowed"))
+    window: int = setting(100, "tokens re-read per new token in windowed sampling",
+                          needs=(lambda s: s.sampling == "windowed", "--sampling windowed"))
+    seed: int = setting(0, "random seed: the same seed gives the same text on the same machine")
+    fast: bool = setting(True, "use the single-step engine on CPU (--no-fast steps with the model's torch code)")
+    precision: str = setting("int8", "weights of the CPU engine: int8 (fbgemm, one scale per row; about 1.25x faster "
+                             "than fp32 on one stream, 2.7x on 64, next-token probabilities within 1e-2 of it, "
+                             "tested) or fp32 (exact: the same text as --no-fast for a seed)", choices=("int8", "fp32"),
+                             needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))
+    device: str = setting("cpu", "where to run the model", choices=("auto", "cpu", "cuda"))
+
+    def validate(self) -> None:
+        check_choices(self)
+        check_seed(self.seed)
+        positive(self, "length", "num_samples", "window")
+        non_negative(self, "top_k", "beam_width")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.argmax and not self.beam_width:
+            shaping = (("temperature", self.temperature, 1.0), ("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0))
+            ignored = [name for name, value, default in shaping if value != default]
+            if ignored:
+                raise ConfigError(f"argmax always takes the most likely token; it cannot be combined with "
+                                  f"{', '.join(ignored)}")
+        if self.beam_width:
+            ignored = [name for name, value, default in (
+                ("num_samples", self.num_samples, 1), ("temperature", self.temperature, 1.0),
+                ("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0), ("argmax", self.argmax, False),
+                ("sampling", self.sampling, "progressive")) if value != default]
+            if ignored:
+                raise ConfigError(f"beam search finds the single most likely continuation; it cannot be combined "
+                                  f"with {', '.join(ignored)}")
+
+
+@dataclass
+class EvalConfig:
+    """`rnnlab eval`: how a text file is scored."""
+    batch_size: int = setting(64, "parallel streams")
+    seq_length: int = setting(0, "steps per chunk (0 = the training seq_length; with --dynamic, 50)")
+    burn_in: int = setting(0, "read the file as one stream; its first N tokens only bootstrap the state and every "
+                              "later one is scored (the paper's protocol, N = k2); 0: score all in parallel streams")
+    dynamic: bool = setting(False, "dynamic evaluation: adapt the weights to the text as it is read (one stream)")
+    dynamic_lr: float = setting(1e-4, "dynamic evaluation's learning rate")
+    dynamic_decay: float = setting(2e-5, "dynamic evaluation's pull back toward the trained weights per step")
+    device: str = setting("auto", "where to run", choices=("auto", "cpu", "cuda"))
+    json: bool = setting(False, "print one JSON object")
+
+    def validate(self) -> None:
+        check_choices(self)
+        positive(self, "batch_size")
+        non_negative(self, "seq_length", "burn_in")
+        if self.dynamic and (not (self.dynamic_lr > 0 and math.isfinite(self.dynamic_lr))
+                             or not 0 <= self.dynamic_decay < 1):
+            raise ConfigError("--dynamic needs --dynamic-lr > 0 (finite) and --dynamic-decay in [0, 1)")
+
+    def check_given(self, given) -> None:
+        """Settings given that this evaluation would not use are refused (they would silently do nothing)."""
+        if self.dynamic and {"batch_size", "burn_in"} & set(given):
+            raise ConfigError("--dynamic reads the file as one stream: drop --batch-size and --burn-in")
+        dynamic_only = [f"--{name.replace('_', '-')}" for name in ("dynamic_lr", "dynamic_decay") if name in given]
+        if dynamic_only and not self.dynamic:
+            raise ConfigError(f"{' and '.join(dynamic_only)} set dynamic evaluation: add --dynamic")
+
+
+@dataclass
+class SchemesExperimentConfig:
+    """`rnnlab experiment schemes`: the paper's four schemes timed and trained on one corpus."""
+    data: str | None = setting(None, "text file (default: the embedded corpus)", is_path=True)
+    out: str = setting("", "folder for table4.md, fig9.png and summary.md", required=True, is_path=True)
+    steps: int = setting(400, "training batches per scheme")
+    max_minutes: float = setting(0.0, "training minutes per scheme instead of --steps (converted to steps from "
+                                      "the timings)")
+    architectures: str = setting("1x128,1x512,2x128,2x512", "r x gamma models for the timing table (the paper's "
+                                                            "four)")
+    curve_architecture: str = setting("1x128", "r x gamma model for the perplexity curves")
+    k2: int = setting(100, "training sequence length")
+    k1: int = setting(40, "stride between sequences")
+    batch_size: int = setting(64, "sequences per batch")
+    timing_batches: int = setting(5, "timed training batches per cell")
+    timing_tokens: int = setting(200, "sampled tokens timed per cell (a tenth as many for the windowed schemes)")
+    seed: int = setting(1234, "seed of every run")
+
+    def validate(self) -> None:
+        positive(self, "steps", "timing_batches", "timing_tokens", "batch_size", "k2", "k1")
+        non_negative(self, "max_minutes")
+        check_seed(self.seed)
+        if self.k1 > self.k2:
+            raise ConfigError(f"k1 ({self.k1}) must be <= k2 ({self.k2})")
+        self.models()
+        self.curve_model()
+
+    def check_given(self, given) -> None:
+        if {"steps", "max_minutes"} <= set(given):
+            raise ConfigError("give --steps or --max-minutes, not both")
+
+    def models(self) -> tuple[tuple[int, int], ...]:
+        return parse_architectures(self.architectures)
+
+    def curve_model(self) -> tuple[int, int]:
+        return parse_architectures(self.curve_architecture)[0]
+
+
+def parse_architectures(text: str) -> tuple[tuple[int, int], ...]:
+    """'1x128,2x512' -> ((1, 128), (2, 512))."""
+    try:
+        pairs = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item)
+    except ValueError:
+        raise ConfigError(f"architectures look like 1x128,2x512; got {text!r}") from None
+    if not pairs or any(len(p) != 2 or min(p) <= 0 for p in pairs):
+        raise ConfigError(f"architectures look like 1x128,2x512; got {text!r}")
+    return pairs
+
+
+@dataclass
+class ServeConfig:
+    host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
+    port: int = setting(8000, "TCP port")
+    max_prompt_chars: int = setting(4000, "longest prompt accepted by /v1/complete")
+    max_length: int = setting(2000, "most characters one completion may ask for")
+    max_n: int = setting(8, "most completions one request may ask for")
+    max_streams: int = setting(64, "most completions generated at once across all requests; more get 503")
+    max_score_chars: int = setting(100_000, "longest text accepted by /v1/score")
+    max_batch: int = setting(0, "most completions one model advances per step (0 = all active: micro-batching; "
+                                "1 = one completion at a time)")
+    threads: int = setting(1, "torch threads for prompts and scoring (NumPy/OpenBLAS steps use the cores too)")
+
+    def validate(self) -> None:
+        positive(self, "port", "max_prompt_chars", "max_length", "max_n", "max_streams", "max_score_chars",
+                  "threads")
+        non_negative(self, "max_batch")
+        if self.port > 65535:
+            raise ConfigError(f"port must be <= 65535, got {self.port}")
