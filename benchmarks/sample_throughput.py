@@ -2,7 +2,7 @@
 
 Prints characters/s, each the median of `--repeats` runs with its range (runs interleaved):
   * single stream, progressive, with the engine `rnnlab sample` uses on CPU (CpuStepEngine), with
-    its default int8 weights and with exact fp32 weights (--precision fp32);
+    its default int8 weights and with exact fp32 weights (--engine-weights fp32);
   * single stream, progressive, through the model's own torch step (--no-fast), for reference;
   * 64 streams generated as one batch (--num-samples 64), counting every stream's characters;
   * single stream, windowed: every character re-reads the last 100 characters (Algorithm 4).
@@ -56,11 +56,11 @@ def main():
     else:
         model = RecurrentLM(ModelConfig(cell="lstm", num_layers=2, hidden_size=512, embedding_size=128), 65).eval()
     int8 = make_stepper(model, SampleConfig())
-    fp32 = make_stepper(model, SampleConfig(precision="fp32"))
+    fp32 = make_stepper(model, SampleConfig(engine_weights="fp32"))
     print(f"machine: {machine()}")
     print(f"model: {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()}, "
           f"{model.num_parameters():,} parameters, {'trained' if args.checkpoint else 'random'} weights; "
-          f"int8 engine: {int8.precision}; chars/s as median (range, n)")
+          f"int8 engine: {int8.weights}; chars/s as median (range, n)")
     single = interleaved({"int8": int8, "fp32": fp32}, SampleConfig(length=args.length), args.repeats)
     print(f"  single stream, engine int8 (default): {summary(single['int8'])}")
     print(f"  single stream, engine fp32:           {summary(single['fp32'])}")

@@ -67,7 +67,7 @@ def test_int8_engine_stays_within_its_tolerance_of_fp32(trained_checkpoint, cell
         torch.manual_seed(3)
         model = RecurrentLM(ModelConfig(cell=cell, num_layers=2, hidden_size=48, embedding_size=8), 30).eval()
     exact, quantized = CpuStepEngine(model, "fp32"), CpuStepEngine(model, "int8")
-    if quantized.precision != "int8":
+    if quantized.weights != "int8":
         pytest.skip("this torch build has no quantized CPU kernels")
     worst = largest_probability_gap(exact, quantized, [1, 2, 3], steps=300)
     assert 0 < worst < INT8_TOLERANCE  # different (it is int8), but within the bound
@@ -77,8 +77,8 @@ def test_sampling_uses_the_int8_engine_by_default_and_fp32_on_request():
     from rnnlab.sampling import make_stepper
 
     model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=16, embedding_size=4), 11).eval()
-    assert make_stepper(model, SampleConfig()).precision in ("int8", "fp32")
-    assert make_stepper(model, SampleConfig(precision="fp32")).precision == "fp32"
+    assert make_stepper(model, SampleConfig()).weights in ("int8", "fp32")
+    assert make_stepper(model, SampleConfig(engine_weights="fp32")).weights == "fp32"
 
 
 @pytest.mark.parametrize("window, pooling, embedding, layers", [
@@ -112,7 +112,7 @@ def test_qrnn_engine_shares_the_weights_samples_like_the_model_and_is_what_sampl
 
     torch.manual_seed(5)
     model = RecurrentLM(ModelConfig(cell="qrnn", num_layers=2, hidden_size=32, embedding_size=8), 20).eval()
-    engine = make_stepper(model, SampleConfig(precision="fp32"))
+    engine = make_stepper(model, SampleConfig(engine_weights="fp32"))
     assert isinstance(engine, QrnnStepEngine)
     assert torch.from_numpy(engine.upper[0]).data_ptr() == model.layers.qrnn_layers[1].linear.weight.data_ptr()
     config = SampleConfig(length=200, seed=7, temperature=0.8)
@@ -125,7 +125,7 @@ def test_qrnn_int8_engine_stays_within_its_tolerance_of_fp32():
     torch.manual_seed(6)
     model = RecurrentLM(ModelConfig(cell="qrnn", num_layers=3, hidden_size=48, embedding_size=8), 30).eval()
     exact, quantized = step_engine(model, "fp32"), step_engine(model, "int8")
-    if quantized.precision != "int8":
+    if quantized.weights != "int8":
         pytest.skip("this torch build has no quantized CPU kernels")
     worst = largest_probability_gap(exact, quantized, [1, 2, 3], steps=200)
     assert 0 < worst < INT8_TOLERANCE

@@ -161,7 +161,7 @@ def complete_texts(stepper, vocab, prompt: Prompt, config: SampleConfig) -> list
 def generate(stepper, prime_ids: Sequence[int], config: SampleConfig) -> Iterator[np.ndarray]:
     """Yield the next token of each of the `num_samples` streams, (B,), `config.length` times."""
     tokens = _generate(stepper, prime_ids, config)
-    with torch_threads_for(stepper):
+    with torch_threads_for(stepper), _stepping(stepper):
         while True:
             with _inference(stepper):  # (entered per token: the caller's code between tokens is its own)
                 token = next(tokens, None)
@@ -213,7 +213,7 @@ def step(stepper, tokens: np.ndarray, state):
 
 def beam_search(stepper, prime_ids: Sequence[int], length: int, beam_width: int) -> list[int]:
     """The most likely continuation of `length` tokens found with `beam_width` beams."""
-    with torch_threads_for(stepper), _inference(stepper):
+    with torch_threads_for(stepper), _stepping(stepper), _inference(stepper):
         logits, state = start(stepper, prime_ids, 1)
         scores = np.zeros(1)
         sequences = np.zeros((1, 0), dtype=np.int64)
@@ -280,6 +280,12 @@ def _inference(stepper):
     return contextlib.nullcontext() if getattr(stepper, "takes_numpy", False) else _torch().inference_mode()
 
 
+def _stepping(stepper):
+    """The model's single-step mode held for a whole generation (engines need none)."""
+    hold = getattr(stepper, "stepping", None)
+    return hold() if callable(hold) else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def torch_threads_for(stepper):
     """One torch thread while a NumPy engine steps: torch's idle OpenMP workers spin on the cores
@@ -298,10 +304,10 @@ def torch_threads_for(stepper):
 
 def make_stepper(model, config: SampleConfig):
     """The fastest stepper for where the model lives: the CPU engine (int8 or exact fp32 weights, as
-    `config.precision` says) on CPU, else the model itself."""
+    `config.engine_weights` says) on CPU, else the model itself."""
     device = next(model.parameters()).device
     plain_output = model.head is not None and model.projection is None  # what the engine re-expresses
     if config.fast and device.type == "cpu" and plain_output:
         from rnnlab.models.cpu_engine import step_engine
-        return step_engine(model, config.precision)
+        return step_engine(model, config.engine_weights)
     return model

@@ -61,7 +61,7 @@ def test_eval_json_keys_and_values(tmp_path, capsys, trained_checkpoint):
 def test_sample_is_reproducible_and_supports_every_option(capsys, trained_checkpoint):
     outputs = [run(capsys, "sample", trained_checkpoint, "--length", 50, "--seed", 5)[1] for _ in range(2)]
     assert outputs[0] == outputs[1]
-    exact = run(capsys, "sample", trained_checkpoint, "--length", 50, "--seed", 5, "--precision", "fp32")[1]
+    exact = run(capsys, "sample", trained_checkpoint, "--length", 50, "--seed", 5, "--engine-weights", "fp32")[1]
     assert run(capsys, "sample", trained_checkpoint, "--length", 50, "--seed", 5, "--no-fast")[1] == exact
     for extra in (["--top-k", 3], ["--top-p", 0.5], ["--argmax"], ["--temperature", 0.5], ["--beam-width", 3]):
         code, out, err = run(capsys, "sample", trained_checkpoint, "--length", 20, *extra)

@@ -29,7 +29,7 @@ class SampleConfig:
                           needs=(lambda s: s.sampling == "windowed", "--sampling windowed"))
     seed: int = setting(0, "random seed: the same seed gives the same text on the same machine")
     fast: bool = setting(True, "use the single-step engine on CPU (--no-fast steps with the model's torch code)")
-    precision: str = setting("int8", "weights of the CPU engine: int8 (fbgemm, one scale per row; about 1.25x faster "
+    engine_weights: str = setting("int8", "weights of the CPU engine: int8 (fbgemm, one scale per row; about 1.25x faster "
                              "than fp32 on one stream, 2.7x on 64, next-token probabilities within 1e-2 of it, "
                              "tested) or fp32 (exact: the same text as --no-fast for a seed)", choices=("int8", "fp32"),
                              needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))

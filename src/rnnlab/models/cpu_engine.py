@@ -25,61 +25,91 @@ Dimension legend: B = batch, V = vocabulary, H = hidden units, G = gates, L = la
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
 import torch
 
+from rnnlab.models.cells import GATES
 from rnnlab.models.lm import LEAKINESS, RecurrentLM
 from rnnlab.models.qrnn import POOLING_GATES
 
 F32 = np.float32
 
 
-class CpuStepEngine:
-    """Same interface as the model for sampling: vocab_size, init_state, prime, step.
+class _StepEngine:
+    """What the engines share: the model they re-express, the int8 choice, and reading prompts with the
+    model's own fused forward. Same interface as the model for sampling: vocab_size, init_state,
+    prime, step."""
+
+    uses_blas_threads = True  # the sampler keeps torch to one thread while this engine steps
+
+    def __init__(self, model: RecurrentLM, weights: str):
+        if weights not in ("fp32", "int8"):
+            raise ValueError(f"the engine's weights must be fp32 or int8, got {weights!r}")
+        stack = model.layers
+        self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
+        self.vocab_size = model.vocab_size
+        self._model = model
+        self.reduce_range = _reduce_range()
+
+    def _use_int8(self, matrices: list[np.ndarray], weights: str) -> None:
+        """Packed int8 copies of `matrices` when asked (and this torch can): self.weights says which."""
+        self.int8 = [_int8_packed(m) for m in matrices] if weights == "int8" else None
+        self.weights = "int8" if self.int8 is not None and all(p is not None for p in self.int8) else "fp32"
+
+    def _int8_product(self, k: int, h: np.ndarray) -> np.ndarray:
+        return torch.ops.quantized.linear_dynamic(torch.from_numpy(h), self.int8[k], self.reduce_range).numpy()
+
+    def init_state(self, batch_size: int, device=None):
+        return self.from_model_state(self._model.init_state(batch_size, torch.device("cpu")))
+
+    def prime(self, tokens: torch.Tensor, state=None):
+        """Read a prompt (B, T) with the model's fused forward; last logits and the engine state."""
+        model_state = tuple(state[:-1]) if state is not None else None
+        with torch.inference_mode():
+            logits, _, model_state = self._model(tokens.cpu(), model_state)
+        return logits[:, -1], self.from_model_state(model_state)
+
+    def from_model_state(self, state):
+        raise NotImplementedError
+
+
+class CpuStepEngine(_StepEngine):
+    """The engine for LSTM, GRU and tanh-RNN models.
 
     Its state is (h, c, r) for LSTM and (h, r) for GRU/RNN, each (L, B, ·), so beam search can
     reorder it along dim 1 like the model's own state.
     """
 
-    uses_blas_threads = True  # the sampler keeps torch to one thread while this engine steps
-
-    def __init__(self, model: RecurrentLM, precision: str = "fp32"):
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+    def __init__(self, model: RecurrentLM, weights: str = "fp32"):
+        super().__init__(model, weights)
+        self.gate_width = GATES[self.cell] * self.hidden
         stack = model.layers
-        self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
-        self.gate_width = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * self.hidden
-        self.vocab_size = model.vocab_size
-        self._model = model
-        weights = [stack.layer_weights(k) for k in range(self.num_layers)]
+        layers = [stack.layer_weights(k) for k in range(self.num_layers)]
         first_head = model.dense if model.dense is not None else model.head
         with torch.no_grad():
-            self.table = self._input_table(model, weights[0])
+            self.table = self._input_table(model, layers[0])
             # the paper architecture's last layer, applied after the leaky ReLU of the dense layer
             self.final = ((_numpy(model.head.weight), _numpy(model.head.bias)) if model.dense is not None else None)
             self.stacked, self.input_bias, self.recurrent_bias = [], [], []
             for k in range(self.num_layers):
                 if k + 1 < self.num_layers:
-                    above_w, _, above_b, above_b2 = weights[k + 1]
+                    above_w, _, above_b, above_b2 = layers[k + 1]
                     bias = above_b if self.cell == "gru" else above_b + above_b2  # LSTM/RNN: both biases
                 else:
                     above_w, bias = first_head.weight, first_head.bias
-                self.stacked.append(_stack_in_place(above_w, weights[k][1]))
+                self.stacked.append(_stack_in_place(above_w, layers[k][1]))
                 self.input_bias.append(_numpy(bias).copy())
-                self.recurrent_bias.append(_numpy(weights[k][3]).copy() if self.cell == "gru" else None)
+                self.recurrent_bias.append(_numpy(layers[k][3]).copy() if self.cell == "gru" else None)
         # int8: every stacked matrix but the output layer, which stays fp32 (it is small, and its
         # errors would land on the probabilities directly)
         last = self.num_layers - 1
-        self.int8 = ([_int8_packed(m if k < last else m[-self.gate_width:]) for k, m in enumerate(self.stacked)]
-                     if precision == "int8" else None)
-        self.precision = "int8" if self.int8 is not None and all(p is not None for p in self.int8) else "fp32"
-
-        if self.cell == "lstm":  # sigmoid(x) = (1 + tanh(x/2)) / 2: scale the i, f, o rows in, then out
-            h = self.hidden
-            self._into_tanh = np.concatenate([np.full(2 * h, 0.5), np.ones(h), np.full(h, 0.5)]).astype(F32)
-            self._out_offset = np.concatenate([np.full(2 * h, 0.5), np.zeros(h), np.full(h, 0.5)]).astype(F32)
+        self._use_int8([m if k < last else m[-self.gate_width:] for k, m in enumerate(self.stacked)], weights)
+        if self.cell == "lstm":  # i, f, o are sigmoids, g a tanh
+            sigmoid = np.concatenate([np.ones(2 * self.hidden), np.zeros(self.hidden), np.ones(self.hidden)])
+            self._into_tanh, self._out_offset = _sigmoids_from_one_tanh(sigmoid.astype(bool))
 
     def _input_table(self, model: RecurrentLM, first_layer) -> np.ndarray:
         """(V, G*H): the first layer's input term for every token, biases included."""
@@ -90,9 +120,6 @@ class CpuStepEngine:
 
     # --- state ---------------------------------------------------------------------------------
 
-    def init_state(self, batch_size: int, device=None):
-        return self.from_model_state(self._model.init_state(batch_size, torch.device("cpu")))
-
     def from_model_state(self, state):
         """Add the recurrent terms r_k = W_hh_k h_k to a model state (h[, c])."""
         h = state[0].detach().float().cpu().numpy()
@@ -101,13 +128,6 @@ class CpuStepEngine:
             if bias is not None:
                 r[k] += bias
         return tuple(torch.from_numpy(s.detach().float().cpu().numpy().copy()) for s in state) + (torch.from_numpy(r),)
-
-    def prime(self, tokens: torch.Tensor, state=None):
-        """Read a prompt (B, T) with the model's fused forward; last logits and the engine state."""
-        model_state = tuple(state[:-1]) if state is not None else None
-        with torch.inference_mode():
-            logits, _, model_state = self._model(tokens.cpu(), model_state)
-        return logits[:, -1], self.from_model_state(model_state)
 
     # --- the step ------------------------------------------------------------------------------
 
@@ -143,8 +163,8 @@ class CpuStepEngine:
         return logits, (torch.from_numpy(h_new), torch.from_numpy(r_new))
 
     def _product(self, k: int, h: np.ndarray) -> np.ndarray:
-        if self.precision == "int8":
-            recurrent = torch.ops.quantized.linear_dynamic(torch.from_numpy(h), self.int8[k], REDUCE_RANGE).numpy()
+        if self.weights == "int8":
+            recurrent = self._int8_product(k, h)
             if k + 1 < self.num_layers:
                 return recurrent
             head = self.stacked[k][:-self.gate_width]
@@ -177,7 +197,7 @@ class CpuStepEngine:
         h_out += n
 
 
-class QrnnStepEngine(CpuStepEngine):
+class QrnnStepEngine(_StepEngine):
     """The same engine for QRNN models: one step is a product per layer and a few elementwise passes.
 
     A QRNN layer's gates are W_cur x_t + W_prev x_(t-1) + b, so the second term is known one step
@@ -188,15 +208,11 @@ class QrnnStepEngine(CpuStepEngine):
     r (L, B, G*H), so `prime` reads prompts with the model's own forward, as for the LSTM.
     """
 
-    def __init__(self, model: RecurrentLM, precision: str = "fp32"):
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+    def __init__(self, model: RecurrentLM, weights: str = "fp32"):
+        super().__init__(model, weights)
         stack = model.layers
-        self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
         self.window, self.pooling = stack.window, stack.qrnn_layers[0].pooling
         self.gate_width = POOLING_GATES[self.pooling] * self.hidden
-        self.vocab_size = model.vocab_size
-        self._model = model
         linears = [layer.linear for layer in stack.qrnn_layers]
         with torch.no_grad():
             inputs = (model.embedding.weight if model.embedding is not None else torch.eye(model.vocab_size)).float()
@@ -213,12 +229,10 @@ class QrnnStepEngine(CpuStepEngine):
             head = model.dense if model.dense is not None else model.head
             self.head = (_numpy(head.weight), _numpy(head.bias))
             self.final = ((_numpy(model.head.weight), _numpy(model.head.bias)) if model.dense is not None else None)
-        self.int8 = [_int8_packed(m) for m in self.upper] if precision == "int8" else None
-        self.precision = "int8" if self.int8 is not None and all(p is not None for p in self.int8) else "fp32"
-        sigmoid_rows = np.full(self.gate_width, 0.5, dtype=F32)
-        sigmoid_rows[:self.hidden] = 1.0  # z = tanh, every other gate a sigmoid
-        self._into_tanh = sigmoid_rows
-        self._out_offset = np.where(sigmoid_rows == 0.5, 0.5, 0.0).astype(F32)
+        self._use_int8(self.upper, weights)
+        sigmoid = np.ones(self.gate_width, dtype=bool)
+        sigmoid[:self.hidden] = False  # z = tanh, every other gate a sigmoid
+        self._into_tanh, self._out_offset = _sigmoids_from_one_tanh(sigmoid)
 
     def from_model_state(self, state):
         """Add r_k = W_prev_k x_k (the previous inputs' gate terms) to a model state (c[, x_first, x_rest])."""
@@ -265,8 +279,8 @@ class QrnnStepEngine(CpuStepEngine):
 
     def _product_above(self, k: int, h: np.ndarray) -> np.ndarray:
         """h_k times the next layer's weight: (B, window*G*H), W_cur and W_prev terms interleaved."""
-        if self.precision == "int8":
-            return torch.ops.quantized.linear_dynamic(torch.from_numpy(h), self.int8[k], REDUCE_RANGE).numpy()
+        if self.weights == "int8":
+            return self._int8_product(k, h)
         if h.shape[0] == 1:
             return np.dot(self.upper[k], h[0])[None, :]
         return h @ self.upper[k].T
@@ -288,9 +302,17 @@ class QrnnStepEngine(CpuStepEngine):
         return c_out if self.pooling == "f" else c_out * gates[:, 2 * hd:3 * hd]
 
 
-def step_engine(model: RecurrentLM, precision: str = "fp32") -> CpuStepEngine:
+def step_engine(model: RecurrentLM, weights: str = "fp32") -> CpuStepEngine:
     """The NumPy step engine for a model's cell type."""
-    return (QrnnStepEngine if model.layers.cell == "qrnn" else CpuStepEngine)(model, precision)
+    return (QrnnStepEngine if model.layers.cell == "qrnn" else CpuStepEngine)(model, weights)
+
+
+@functools.cache
+def _reduce_range() -> bool:
+    """fbgemm multiplies uint8 activations by int8 weights; without VNNI the pairwise int16 sums can
+    saturate, so activations keep 7 bits there (less precise). With VNNI they keep all 8. (Read when
+    the first engine is built, not when the module is imported.)"""
+    return not _cpu_has_vnni()
 
 
 def _cpu_has_vnni() -> bool:
@@ -300,11 +322,6 @@ def _cpu_has_vnni() -> bool:
     except OSError:
         return False
     return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni"))
-
-
-# fbgemm multiplies uint8 activations by int8 weights; without VNNI the pairwise int16 sums can
-# saturate, so activations keep 7 bits there (less precise). With VNNI they keep all 8.
-REDUCE_RANGE = not _cpu_has_vnni()
 
 
 def _int8_packed(matrix: np.ndarray):
@@ -320,6 +337,13 @@ def _int8_packed(matrix: np.ndarray):
             return torch.ops.quantized.linear_prepack(quantized, None)
     except (RuntimeError, AttributeError, NotImplementedError):
         return None
+
+
+def _sigmoids_from_one_tanh(sigmoid_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) so that offset + scale * tanh(scale * x) is sigmoid(x) on the sigmoid rows and
+    tanh(x) on the others: sigmoid(x) = 0.5 tanh(x/2) + 0.5, so one tanh yields every gate."""
+    scale = np.where(sigmoid_rows, 0.5, 1.0).astype(F32)
+    return scale, np.where(sigmoid_rows, 0.5, 0.0).astype(F32)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

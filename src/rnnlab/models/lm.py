@@ -7,6 +7,7 @@ L = layers. The model knows nothing of files, characters or the CLI: ids in, ten
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -177,23 +178,39 @@ class RecurrentLM(nn.Module):
             logits, _, state = self(tokens[:, None], state)
         return logits[:, 0], state
 
+    def stepping(self):
+        """Hold the single-step kernel over a whole generation, so it is switched once, not per step."""
+        return _single_step_kernel(self._reference_parameter().device)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+_SINGLE_STEPS = {"active": 0, "saved": True}
+_SINGLE_STEPS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def _single_step_kernel(device: torch.device):
     # oneDNN's RNN primitive is built for long sequences; called one step at a time on CPU it spends
-    # its time re-creating the primitive (page faults), ~4x slower than the native kernel.
+    # its time re-creating the primitive (page faults), ~7x slower than the native kernel (measured,
+    # torch 2.13). Its switch is process-wide, so it is counted: the first single step turns it off,
+    # the last one to finish puts it back, and threads stepping at once (a server) never race on it.
     if device.type != "cpu":
         yield
         return
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    with _SINGLE_STEPS_LOCK:
+        if _SINGLE_STEPS["active"] == 0:
+            _SINGLE_STEPS["saved"] = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+        _SINGLE_STEPS["active"] += 1
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = previous
+        with _SINGLE_STEPS_LOCK:
+            _SINGLE_STEPS["active"] -= 1
+            if _SINGLE_STEPS["active"] == 0:
+                torch.backends.mkldnn.enabled = _SINGLE_STEPS["saved"]
 
 
 def blog_lstm_parameter_count(vocab_size: int, hidden_size: int, num_layers: int) -> int:

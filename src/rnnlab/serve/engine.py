@@ -47,7 +47,7 @@ class LoadedModel:
                 "best_val_loss": ckpt.metrics.get("best_val_loss", ckpt.metrics.get("val_loss"))}
         # fp32: a server steps many completions as one batch, where OpenBLAS's fp32 products are fast,
         # and the engine's fp32 weights are the model's own memory (int8 would add a packed copy)
-        stepper = make_stepper(model, SampleConfig(precision="fp32"))
+        stepper = make_stepper(model, SampleConfig(engine_weights="fp32"))
         return cls(name, ckpt.path, model, ckpt.vocab, stepper, info, ckpt.config.train)
 
     def default_prime(self) -> list[int]:

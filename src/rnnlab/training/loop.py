@@ -29,6 +29,7 @@ from rnnlab.training.optim import WeightAverage, learning_rate_at, nt_asgd_trigg
 from rnnlab.training.run import Run, resolve_run
 from rnnlab.training.schemes import plan_sequence, position_weights, starts_with_reset
 from rnnlab.training.state import Progress
+from rnnlab.training.step import torch_threads
 
 log = logging.getLogger("rnnlab")
 
@@ -72,7 +73,12 @@ def train(run: Run | RunConfig, *, resume: str | Path | None = None, init_from: 
     """Train a Run (from resolve_run); a RunConfig, with `resume` or `init_from`, is resolved first."""
     if not isinstance(run, Run):
         run = resolve_run(run, resume=resume, init_from=init_from)
-    stop, tc, prog = stop or StopRequest(), run.config.train, run.progress
+    with torch_threads(run.config.train.threads):
+        return _train(run, stop or StopRequest(), progress_bar)
+
+
+def _train(run: Run, stop: StopRequest, progress_bar: bool) -> TrainResult:
+    tc, prog = run.config.train, run.progress
     run.folder.mkdir(parents=True, exist_ok=True)
     _log_start(run)
     saver = Saver(run)

@@ -167,8 +167,6 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
     tc = config.train
     device = select_device(tc.device)
     precision = resolve_precision(tc.precision, device)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     model_vocab = (source or resumed).vocab if (source or resumed) is not None else None
     if model_vocab is not None and model_vocab.kind != config.data.tokenizer:

@@ -5,6 +5,8 @@ TrainingStep is the exact code `rnnlab train` runs per batch; the experiments an
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from rnnlab.errors import ConfigError
@@ -33,6 +35,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     except (AttributeError, RuntimeError):
         native = False
     return "bf16" if native else "fp32"
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's thread count for a run's duration (0: leave it as it is), put back afterwards."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count:
+            torch.set_num_threads(previous)
 
 
 class TrainingStep:
