@@ -41,7 +41,10 @@ def test_engine_and_model_sample_the_same_text_for_the_same_seed():
 
 def test_engine_and_model_share_one_copy_of_the_weights():
     model = RecurrentLM(ModelConfig(num_layers=2, hidden_size=16, embedding_size=4), 11).eval()
-    engine = CpuStepEngine(model)
+    before = [p.data_ptr() for p in model.parameters()]
+    CpuStepEngine(model)
+    assert [p.data_ptr() for p in model.parameters()] == before  # unless asked, building one leaves the model be
+    engine = CpuStepEngine(model, share_weights=True)
     stacked = [torch.from_numpy(s) for s in engine.stacked]
     assert model.layers.weight_hh_l0.data_ptr() == stacked[0][model.layers.weight_ih_l1.shape[0]:].data_ptr()
     assert model.layers.weight_ih_l1.data_ptr() == stacked[0].data_ptr()

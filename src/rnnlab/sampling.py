@@ -302,12 +302,13 @@ def torch_threads_for(stepper):
         torch.set_num_threads(previous)
 
 
-def make_stepper(model, config: SampleConfig):
+def make_stepper(model, config: SampleConfig, share_weights: bool = False):
     """The fastest stepper for where the model lives: the CPU engine (int8 or exact fp32 weights, as
-    `config.engine_weights` says) on CPU, else the model itself."""
+    `config.engine_weights` says; with `share_weights`, in the model's own memory) on CPU, else the
+    model itself."""
     device = next(model.parameters()).device
     plain_output = model.head is not None and model.projection is None  # what the engine re-expresses
     if config.fast and device.type == "cpu" and plain_output:
         from rnnlab.models.cpu_engine import step_engine
-        return step_engine(model, config.engine_weights)
+        return step_engine(model, config.engine_weights, share_weights)
     return model

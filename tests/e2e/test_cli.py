@@ -21,17 +21,45 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("embedding", ["8", "0"])
-def test_train_sample_eval_for_every_cell(tmp_path, capsys, cell, embedding):
+def train_sample_eval(tmp_path, capsys, data, *flags, prime="ROMEO:"):
+    """The CLI's three doors on one tiny run: train, then sample and eval its checkpoint."""
     folder = tmp_path / "ck"
-    code, out, err = run(capsys, "train", "--cell", cell, *TINY, "--embedding-size", embedding, "--max-steps", 10,
+    code, out, err = run(capsys, "train", *([data] if data else []), *TINY, *flags, "--max-steps", 10,
                          "--checkpoint-dir", folder)
     assert code == 0, err
     assert "parameters" in err and "best checkpoint:" in out and "sample:" in out
-    assert load_checkpoint(folder).config.model.cell == cell
-    code, out, err = run(capsys, "sample", folder, "--length", 30, "--prime-text", "ROMEO:", "--seed", 1)
-    assert code == 0 and out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 30 + 1
+    code, out, err = run(capsys, "sample", folder, "--length", 30, "--prime-text", prime, "--seed", 1)
+    assert code == 0 and out.startswith(prime), err
+    text = tmp_path / "held-out.txt"
+    text.write_text(f"{prime} and so the story goes on , as it went before .\n" * 30, encoding="utf-8")
+    code, out, err = run(capsys, "eval", folder, text, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["tokens"] > 0 and 0 < report["bits_per_char"] < 20
+    return folder, report
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "qrnn"])
+@pytest.mark.parametrize("embedding", ["8", "0"])
+def test_train_sample_eval_for_every_cell(tmp_path, capsys, cell, embedding):
+    folder, report = train_sample_eval(tmp_path, capsys, None, "--cell", cell, "--embedding-size", embedding)
+    assert load_checkpoint(folder).config.model.cell == cell and report["tokenizer"] == "char"
+    code, out, _ = run(capsys, "sample", folder, "--length", 30, "--prime-text", "ROMEO:", "--seed", 1)
+    assert len(out) == len("ROMEO:") + 30 + 1  # a character model: one character per token
+
+
+@pytest.mark.parametrize("flags", [
+    ["--tokenizer", "word"], ["--tokenizer", "bpe", "--vocab-size", "300"],
+    ["--tokenizer", "word", "--head", "adaptive"], ["--head", "mos", "--mos-experts", "2"],
+    ["--tokenizer", "word", "--tie-weights"],
+], ids=["word", "bpe", "adaptive-head", "mos-head", "tied"])
+def test_train_sample_eval_for_every_tokenizer_and_head(tmp_path, capsys, ptb_folder, flags):
+    data = ptb_folder if "--tokenizer" in flags else None
+    folder, report = train_sample_eval(tmp_path, capsys, data, *flags, prime="the" if data else "ROMEO:")
+    config = load_checkpoint(folder).config
+    assert report["tokenizer"] == config.data.tokenizer
+    assert (config.model.head, config.model.tie_weights) == (
+        flags[flags.index("--head") + 1] if "--head" in flags else "softmax", "--tie-weights" in flags)
 
 
 def test_eval_json_keys_and_values(tmp_path, capsys, trained_checkpoint):

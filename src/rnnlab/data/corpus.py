@@ -270,10 +270,6 @@ def corpus_digest(files: CorpusFiles, spec: TokenizerSpec, fractions: tuple[floa
     return digest.hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    return corpus_digest(CorpusFiles(path), TokenizerSpec())
-
-
 def default_cache_root(text_path: Path) -> Path:
     """.rnnlab_cache beside the text when its folder is ours to write in, else the user's cache.
     (Ownership and the owner's write bit, not just access(): root may write anywhere, but should not
@@ -295,8 +291,6 @@ def _owned_and_writable(folder: Path) -> bool:
         return info.st_uid == os.geteuid() and bool(info.st_mode & stat.S_IWUSR) and os.access(folder, os.W_OK)
     except (OSError, AttributeError):  # AttributeError: no geteuid (Windows)
         return os.access(folder, os.W_OK)
-
-
 
 
 def prepare_corpus(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,

@@ -28,7 +28,6 @@ import numpy as np
 
 from rnnlab.errors import VocabularyError
 
-TOKENIZERS = ("char", "word", "bpe")
 DEFAULT_BPE_SIZE = 4096
 EOS, UNK = "<eos>", "<unk>"
 
@@ -135,9 +134,6 @@ class CharVocab:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": self.chars}
-
-    def is_subset_of(self, other: "CharVocab") -> bool:
-        return set(self.chars) <= set(other.chars)
 
 
 class _CharDetokenizer:

@@ -10,9 +10,10 @@ re-arranges the same fp32 weights for the one-step case and steps with NumPy:
   [W_ih of the layer above (or the output layer); W_hh of this layer]. The top half feeds the
   layer above now; the bottom half is this layer's recurrent term for the *next* step, kept in
   the state as `r` (L, B, G*H). Fewer, larger BLAS calls keep both cores busy.
-* the weights are not copied: the model's parameters become views of those stacked buffers, so a
-  server holding many models keeps each one's weights once (the fused forward that reads prompts
-  uses the same memory);
+* on request (`share_weights`, which the server asks for) the weights are not copied: the model's
+  parameters become views of those stacked buffers, so a server holding many models keeps each
+  one's weights once (the fused forward that reads prompts uses the same memory); otherwise the
+  stacked buffers are a copy and building an engine leaves the model untouched;
 * the first layer's input projection (embedding or one-hot times W_ih, plus biases) is folded
   into a (V, G*H) table, so an input token costs a row lookup;
 * one tanh over all LSTM gates yields every gate (sigmoid(x) = (1 + tanh(x/2)) / 2).
@@ -83,7 +84,7 @@ class CpuStepEngine(_StepEngine):
     reorder it along dim 1 like the model's own state.
     """
 
-    def __init__(self, model: RecurrentLM, weights: str = "fp32"):
+    def __init__(self, model: RecurrentLM, weights: str = "fp32", share_weights: bool = False):
         super().__init__(model, weights)
         self.gate_width = GATES[self.cell] * self.hidden
         stack = model.layers
@@ -100,7 +101,7 @@ class CpuStepEngine(_StepEngine):
                     bias = above_b if self.cell == "gru" else above_b + above_b2  # LSTM/RNN: both biases
                 else:
                     above_w, bias = first_head.weight, first_head.bias
-                self.stacked.append(_stack_in_place(above_w, layers[k][1]))
+                self.stacked.append(_stacked(above_w, layers[k][1], share_weights))
                 self.input_bias.append(_numpy(bias).copy())
                 self.recurrent_bias.append(_numpy(layers[k][3]).copy() if self.cell == "gru" else None)
         # int8: every stacked matrix but the output layer, which stays fp32 (it is small, and its
@@ -302,9 +303,12 @@ class QrnnStepEngine(_StepEngine):
         return c_out if self.pooling == "f" else c_out * gates[:, 2 * hd:3 * hd]
 
 
-def step_engine(model: RecurrentLM, weights: str = "fp32") -> CpuStepEngine:
-    """The NumPy step engine for a model's cell type."""
-    return (QrnnStepEngine if model.layers.cell == "qrnn" else CpuStepEngine)(model, weights)
+def step_engine(model: RecurrentLM, weights: str = "fp32", share_weights: bool = False) -> _StepEngine:
+    """The NumPy step engine for a model's cell type (the QRNN's reads its weights in place: it
+    rearranges nothing, so it shares them either way)."""
+    if model.layers.cell == "qrnn":
+        return QrnnStepEngine(model, weights)
+    return CpuStepEngine(model, weights, share_weights)
 
 
 @functools.cache
@@ -350,13 +354,14 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy()
 
 
-def _stack_in_place(upper: torch.nn.Parameter, lower: torch.nn.Parameter) -> np.ndarray:
-    """One C-contiguous fp32 buffer [upper; lower] that the two parameters become views of.
+def _stacked(upper: torch.nn.Parameter, lower: torch.nn.Parameter, share: bool) -> np.ndarray:
+    """One C-contiguous fp32 buffer [upper; lower]: the engine multiplies h by both at once.
 
-    The engine multiplies h by both at once, and the model keeps using the same memory: the
-    weights exist once, however many engines a server builds.
+    With `share` (asked for by whoever holds the model for good, like the server), the two parameters
+    become views of it, so the weights exist once in memory; otherwise it is a copy and the model is
+    left exactly as it was.
     """
     buffer = torch.cat([upper.detach().float().cpu(), lower.detach().float().cpu()]).contiguous()
-    if upper.device.type == "cpu" and upper.dtype == torch.float32 and lower.dtype == torch.float32:
+    if share and upper.device.type == "cpu" and upper.dtype == torch.float32 and lower.dtype == torch.float32:
         upper.data, lower.data = buffer[:upper.shape[0]], buffer[upper.shape[0]:]
     return buffer.numpy()

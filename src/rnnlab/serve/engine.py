@@ -2,9 +2,11 @@
 
 Every model gets one scheduler task. Completions (streams) join and leave its batch between
 steps: a joining stream reads its prompt on its own (the model's fused forward), then its state
-rows are appended to the batch; each step advances every active stream by one character with a
-single batched step of the model's engine, and each stream samples its next character with its
-own settings and seeded generator through the one sampler. A stream that finished, or whose
+rows are appended to the batch; each step advances every active stream by one token (a character,
+word or BPE piece, as the model's vocabulary has it) with a single batched step of the model's
+engine, and each stream chooses its next token with its own settings and seed through the one
+sampler (TokenSampler). Streams of a model trained with scheme 1 or 2 sample windowed: each re-reads
+its last window of tokens for every new one. A stream that finished, or whose
 client went away, leaves before the next step. Weights are never copied per request.
 """
 
@@ -47,7 +49,7 @@ class LoadedModel:
                 "best_val_loss": ckpt.metrics.get("best_val_loss", ckpt.metrics.get("val_loss"))}
         # fp32: a server steps many completions as one batch, where OpenBLAS's fp32 products are fast,
         # and the engine's fp32 weights are the model's own memory (int8 would add a packed copy)
-        stepper = make_stepper(model, SampleConfig(engine_weights="fp32"))
+        stepper = make_stepper(model, SampleConfig(engine_weights="fp32"), share_weights=True)
         return cls(name, ckpt.path, model, ckpt.vocab, stepper, info, ckpt.config.train)
 
     def default_prime(self) -> list[int]:
@@ -77,7 +79,7 @@ class Busy(Exception):
 
 
 class Scheduler:
-    """Runs the active streams of one model, one batched step per character."""
+    """Runs the active streams of one model, one batched step per token."""
 
     def __init__(self, loaded: LoadedModel, capacity: "Capacity", max_batch: int = 0):
         self.loaded, self.capacity, self.max_batch = loaded, capacity, max_batch
@@ -208,7 +210,7 @@ def surprise(loaded: LoadedModel, ids: list[int]) -> list[float]:
     with torch.inference_mode():
         logits, _, _ = loaded.model(tokens[:, :-1])
         log_probs = torch.log_softmax(logits.float(), dim=-1)[0, len(context) - 1:] if context else None
-    if log_probs is None:  # no natural start: the first character is scored against a uniform guess
+    if log_probs is None:  # no natural start: the first token is scored against a uniform guess
         with torch.inference_mode():
             logits, _, _ = loaded.model(tokens)
             rest = torch.log_softmax(logits.float(), dim=-1)[0, :-1]
