@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from rnnlab.training.loop import StopRequest
 
 TINY_TRAIN = dict(batch_size=8, seq_length=32, eval_every=20, eval_batch_size=16, log_every=5, sample_length=0)
 
@@ -35,6 +36,23 @@ def tiny_config(checkpoint_dir, data=None, cell="lstm", max_steps=20, **train_ov
     return RunConfig(DataConfig(path=str(data) if data else None),
                      ModelConfig(cell=cell, num_layers=2, hidden_size=32, embedding_size=16, dropout=0.1),
                      TrainConfig(**train))
+
+
+class StopAfter(StopRequest):
+    """Asks to stop after `n` polls, like a Ctrl-C arriving mid-run."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.polls, self.n = 0, n
+
+    @property
+    def requested(self):
+        self.polls += 1
+        return self.polls > self.n
+
+    @requested.setter
+    def requested(self, value):
+        pass
 
 
 @pytest.fixture(scope="session")

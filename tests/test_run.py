@@ -6,29 +6,14 @@ import json
 import shutil
 
 import pytest
-from conftest import tiny_config
+from conftest import StopAfter, tiny_config
 
 from rnnlab.cli import build_parser, main
 from rnnlab.config import EvalConfig, ModelConfig, SchemesExperimentConfig, TrainConfig, marked
 from rnnlab.errors import ConfigError
 from rnnlab.training.checkpoint import load_checkpoint
-from rnnlab.training.loop import StopRequest, train
+from rnnlab.training.loop import train
 from rnnlab.training.run import resolve_run
-
-
-class StopAfter(StopRequest):
-    def __init__(self, n):
-        super().__init__()
-        self.polls, self.n = 0, n
-
-    @property
-    def requested(self):
-        self.polls += 1
-        return self.polls > self.n
-
-    @requested.setter
-    def requested(self, value):
-        pass
 
 
 def records(folder):

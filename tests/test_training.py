@@ -4,12 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import StopAfter, tiny_config
 
 from rnnlab.data.corpus import prepare_corpus
 from rnnlab.errors import CorpusError
 from rnnlab.training.checkpoint import load_checkpoint
-from rnnlab.training.loop import StopRequest, TrainingDiverged, fitting_hint, train
+from rnnlab.training.loop import TrainingDiverged, fitting_hint, train
 
 
 def unigram_entropy(tokens) -> float:
@@ -30,23 +30,6 @@ def test_a_tiny_model_learns_far_below_the_unigram_entropy(tmp_path):
     assert [r["step"] for r in vals] == [100, 200]
     assert vals[1]["val_loss"] < vals[0]["val_loss"]
     assert result.best_checkpoint.name.startswith("lm_lstm_epoch") and result.best_checkpoint.exists()
-
-
-class StopAfter(StopRequest):
-    """Asks to stop after `n` polls, like a Ctrl-C arriving mid-run."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.polls, self.n = 0, n
-
-    @property
-    def requested(self):
-        self.polls += 1
-        return self.polls > self.n
-
-    @requested.setter
-    def requested(self, value):
-        pass
 
 
 def losses(folder):
