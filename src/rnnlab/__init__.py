@@ -15,7 +15,7 @@ _EXPORTS = {
     "RecurrentLM": "rnnlab.models.lm",
     "beam_search": "rnnlab.sampling", "generate": "rnnlab.sampling", "sample_next_token": "rnnlab.sampling",
     "load_checkpoint": "rnnlab.training.checkpoint", "save_checkpoint": "rnnlab.training.checkpoint",
-    "train": "rnnlab.training.loop",
+    "train": "rnnlab.training.loop", "resolve_run": "rnnlab.training.run",
 }
 __all__ = sorted(_EXPORTS)
 
