@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import machine
 
-from rnnlab.data.corpus import embedded_corpus_path
+from rnnlab.data.text import embedded_corpus_path
 
 
 def child_peak_rss_mb(argv: list[str]) -> tuple[float, float]:

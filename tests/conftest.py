@@ -116,7 +116,7 @@ def ptb_style(text: str) -> str:
 @pytest.fixture(scope="session")
 def ptb_folder(tmp_path_factory):
     """A PTB-shaped folder (ptb.train.txt, ptb.valid.txt, ptb.test.txt) cut from the embedded corpus."""
-    from rnnlab.data.corpus import embedded_corpus_path
+    from rnnlab.data.text import embedded_corpus_path
 
     lines = ptb_style(embedded_corpus_path().read_text(encoding="utf-8")[:300_000]).splitlines(keepends=True)
     folder = tmp_path_factory.mktemp("ptb")

@@ -3,7 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from rnnlab.data.corpus import prepare_corpus, read_text_chunks, resolve_text_path
+from rnnlab.data.corpus import prepare_corpus
+from rnnlab.data.text import read_text_chunks, resolve_text_path
 from rnnlab.errors import CorpusError
 
 
@@ -111,7 +112,7 @@ def test_prepare_does_not_import_torch(text_file, tmp_path):
 
 # --- word and BPE corpora, separate train/valid/test files ----------------------------------------
 
-from rnnlab.data.corpus import read_line_chunks, resolve_corpus_files  # noqa: E402
+from rnnlab.data.text import read_line_chunks, resolve_corpus_files  # noqa: E402
 from rnnlab.data.vocab import UNK, TokenizerSpec  # noqa: E402
 
 

@@ -117,6 +117,6 @@ def test_bad_vocabularies_are_refused():
 
 
 def open_corpus_text() -> str:
-    from rnnlab.data.corpus import embedded_corpus_path
+    from rnnlab.data.text import embedded_corpus_path
 
     return embedded_corpus_path().read_text(encoding="utf-8")

@@ -31,12 +31,8 @@ from rnnlab.config import (
     overrides_from_args,
     unused_settings,
 )
-from rnnlab.data.corpus import (
-    encode_file_to_memmap,
-    prepare_from_config,
-    read_text_chunks,
-    resolve_text_path,
-)
+from rnnlab.data.corpus import encode_file_to_memmap, prepare_from_config
+from rnnlab.data.text import read_text_chunks, resolve_text_path
 from rnnlab.data.vocab import describe_chars
 from rnnlab.errors import ConfigError, CorpusError, RnnlabError
 from rnnlab.sampling import complete_texts, make_stepper, prompt_ids, sample_config_for, stream_text
