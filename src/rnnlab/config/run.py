@@ -20,6 +20,7 @@ from rnnlab.config.fields import (
     section_from_dict,
     setting,
 )
+from rnnlab.data.vocab import vocab_size_problem
 from rnnlab.errors import ConfigError
 
 log = logging.getLogger("rnnlab")
@@ -63,12 +64,8 @@ class DataConfig:
         positive(self, "min_count")
         if self.tokenizer == "char" and (self.vocab_size or self.min_count != 1):
             raise ConfigError("--vocab-size and --min-count apply to the word and bpe tokenizers, not to char")
-        if self.tokenizer == "word" and 0 < self.vocab_size < 3:
-            raise ConfigError(f"a word vocabulary needs room for <eos>, <unk> and a word; got vocab_size "
-                              f"{self.vocab_size}")
-        if self.tokenizer == "bpe" and 0 < self.vocab_size <= 256:
-            raise ConfigError(f"a byte-level BPE vocabulary holds the 256 bytes and more; got vocab_size "
-                              f"{self.vocab_size}")
+        if problem := vocab_size_problem(self.tokenizer, self.vocab_size):
+            raise ConfigError(problem)
         if self.test_file and not self.val_file:
             raise ConfigError("--test-file needs --val-file too")
         for name in ("val_frac", "test_frac"):
@@ -168,6 +165,13 @@ class ModelConfig:
         return cutoffs
 
 
+def check_precision_on(precision: str, device: str) -> None:
+    """fp16 needs CUDA's loss scaling and kernels: refused on a CPU, whether named (a config) or found
+    (a run with device auto on a machine without a GPU)."""
+    if precision == "fp16" and device not in ("cuda", "auto"):
+        raise ConfigError(f"precision fp16 is for CUDA GPUs and this run is on {device}: use bf16 (or auto)")
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = setting(16, "parallel streams per batch")
@@ -238,8 +242,7 @@ class TrainConfig:
     def validate(self) -> None:
         check_choices(self)
         check_seed(self.seed)
-        if self.precision == "fp16" and self.device == "cpu":
-            raise ConfigError("precision fp16 is for CUDA; on CPU use bf16 (or auto)")
+        check_precision_on(self.precision, self.device)
         positive(self, "batch_size", "seq_length", "k3", "eval_every", "eval_batch_size", "log_every", "keep_last",
                   "nt_asgd_interval", "cycle_steps", "patience")
         non_negative(self, "k1", "reset_every")

@@ -64,6 +64,17 @@ class Detokenizer(Protocol):
     def push(self, token: int) -> str: ...
 
 
+def vocab_size_problem(kind: str, vocab_size: int) -> str | None:
+    """Why a vocabulary of this kind cannot have this size (0 = no cap), or None: the one rule, read by
+    the config's validation and by the vocabularies themselves."""
+    if kind == "word" and 0 < vocab_size < 3:
+        return f"a word vocabulary needs room for {EOS}, {UNK} and a word; got vocab_size {vocab_size}"
+    if kind == "bpe" and 0 < vocab_size <= 256:
+        return (f"a byte-level BPE vocabulary holds the 256 bytes and more (it needs more than its 256 bytes); "
+                f"got vocab_size {vocab_size}")
+    return None
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned integer type that holds every id."""
     if vocab_size <= 1 << 8:
@@ -197,8 +208,8 @@ class WordVocab:
         ranked = [w for w, c in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
                   if w not in special and c >= min_count]
         if max_size:
-            if max_size < 3:
-                raise VocabularyError(f"a word vocabulary needs room for {EOS}, {UNK} and a word; got {max_size}")
+            if problem := vocab_size_problem("word", max_size):
+                raise VocabularyError(problem)
             ranked = ranked[:max_size - 2]
         kept = set(ranked) | special
         dropped = sum(c for w, c in counts.items() if w not in kept)
@@ -271,8 +282,8 @@ class BpeVocab:
     @classmethod
     def train(cls, chunks: Iterable[str], vocab_size: int = DEFAULT_BPE_SIZE, min_count: int = 2) -> "BpeVocab":
         tokenizers = _import_tokenizers()
-        if vocab_size < 257:
-            raise VocabularyError(f"a byte-level BPE vocabulary needs more than its 256 bytes; got {vocab_size}")
+        if problem := vocab_size_problem("bpe", vocab_size or 1):
+            raise VocabularyError(problem)
         tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
         tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = tokenizers.decoders.ByteLevel()

@@ -9,6 +9,7 @@ import contextlib
 
 import torch
 
+from rnnlab.config.run import check_precision_on
 from rnnlab.errors import ConfigError
 from rnnlab.training.optim import WeightAverage
 from rnnlab.training.schemes import SequencePlan
@@ -24,8 +25,7 @@ def select_device(name: str) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` -> bf16 where the hardware computes it natively, else fp32."""
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"precision fp16 is for CUDA GPUs and this run is on {device.type}: use bf16 (or auto)")
+    check_precision_on(precision, device.type)
     if precision != "auto":
         return precision
     if device.type == "cuda":
