@@ -3,6 +3,7 @@ rnnlab server on a free loopback port (for the browser and load tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -83,28 +84,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(trained_checkpoint):
-    uvicorn = pytest.importorskip("uvicorn")
+@contextlib.contextmanager
+def running_server(models, config=None, app=None):
+    """A real uvicorn server for `models` (or an app already made) on a free loopback port; yields its URL."""
+    import uvicorn
+
     from rnnlab.config import ServeConfig
     from rnnlab.serve.app import create_app
-    from rnnlab.serve.engine import LoadedModel
 
-    model_path = os.environ.get("RNNLAB_BROWSER_MODEL", trained_checkpoint)
-    models = [LoadedModel.load("shakespeare", model_path), LoadedModel.load("second", model_path)]
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(models, ServeConfig()), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    app = app or create_app(models, config or ServeConfig())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
+@pytest.fixture
+def server(trained_checkpoint):
+    pytest.importorskip("uvicorn")
+    from rnnlab.serve.engine import LoadedModel
+
+    model_path = os.environ.get("RNNLAB_BROWSER_MODEL", trained_checkpoint)
+    models = [LoadedModel.load("shakespeare", model_path), LoadedModel.load("second", model_path)]
+    with running_server(models) as url:
+        yield url
 
 
 def ptb_style(text: str) -> str:

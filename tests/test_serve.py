@@ -22,7 +22,7 @@ def loaded(trained_checkpoint):
 @pytest.fixture
 def client(loaded):
     config = ServeConfig(max_prompt_chars=50, max_length=5000, max_n=3, max_streams=4, max_score_chars=80)
-    with TestClient(create_app(loaded, config)) as test_client:
+    with TestClient(create_app(loaded, config), base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 
@@ -152,7 +152,7 @@ def test_a_word_level_model_completes_words_and_scores_per_character(tmp_path_fa
     word = LoadedModel.load("words", folder)
     assert word.info["tokenizer"] == "word"
     config = ServeConfig(max_prompt_chars=50, max_length=100, max_n=2, max_streams=4, max_score_chars=200)
-    with TestClient(create_app([word], config)) as client:
+    with TestClient(create_app([word], config), base_url="http://127.0.0.1") as client:
         result = client.post("/v1/complete", json={"prompt": "the king zyzzyva", "length": 6, "seed": 1}).json()
         assert result["dropped"] == ["zyzzyva"]
         text = result["completions"][0]["text"]

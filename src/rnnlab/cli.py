@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -301,7 +302,14 @@ def cmd_serve(args) -> int:
         from rnnlab.serve.engine import LoadedModel
     except ImportError:
         raise RnnlabError("serving needs FastAPI and uvicorn: pip install 'rnnlab[serve]'") from None
-    config = build_section(ServeConfig, overrides_from_args(args).get("serve", {}))
+    given = overrides_from_args(args).get("serve", {})
+    if "api_key" not in given and os.environ.get("RNNLAB_API_KEY"):
+        given["api_key"] = os.environ["RNNLAB_API_KEY"]
+    config = build_section(ServeConfig, given)
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("warning: serving on %s, beyond loopback: anyone who can reach it can use the models%s; "
+                    "name the host it is reached as with --allowed-hosts", config.host,
+                    "" if config.api_key else " (set --api-key or RNNLAB_API_KEY to require a key)")
     import torch
 
     torch.set_num_threads(config.threads)  # (the process's setting, so the command sets it, not the app)
@@ -317,8 +325,9 @@ def cmd_serve(args) -> int:
         models.append(loaded)
     for m in models:
         log.info("serving %s: %s, %s parameters", m.name, m.path, f"{m.info['parameters']:,}")
-    log.info("open http://%s:%d/ (API docs at /docs)", config.host, config.port)
-    uvicorn.run(create_app(models, config), host=config.host, port=config.port, log_level="warning")
+    log.info("open http://%s:%d/%s", config.host, config.port, " (API docs at /docs)" if config.docs else "")
+    uvicorn.run(create_app(models, config), host=config.host, port=config.port, log_level="warning",
+                timeout_keep_alive=config.idle_timeout)
     return 0
 
 
@@ -328,8 +337,9 @@ def _name_and_path(item: str) -> tuple[str | None, str]:
 
 
 def _model_name(loaded) -> str:
+    """A model's name from its training corpus (a checkpoint's metrics: untrusted), in plain characters."""
     corpus = str(loaded.info.get("corpus") or "model")
-    return Path(corpus.split(" ")[0]).stem or "model"
+    return re.sub(r"[^\w.-]+", "-", Path(corpus.split(" ")[0]).stem).strip("-")[:64] or "model"
 
 
 def _unique(name: str, seen: set) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rnnlab.config.fields import check_choices, check_seed, non_negative, positive, setting
+from rnnlab.config.fields import check_choices, check_seed, non_negative, positive, positive_float, setting
 from rnnlab.errors import ConfigError
 
 
@@ -144,17 +144,30 @@ class ServeConfig:
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = setting(8000, "TCP port")
     max_prompt_chars: int = setting(4000, "longest prompt accepted by /v1/complete")
-    max_length: int = setting(2000, "most characters one completion may ask for")
+    max_length: int = setting(2000, "most tokens (characters, for a char model) one completion may ask for")
     max_n: int = setting(8, "most completions one request may ask for")
     max_streams: int = setting(64, "most completions generated at once across all requests; more get 503")
     max_score_chars: int = setting(100_000, "longest text accepted by /v1/score")
+    max_score_tokens: int = setting(100_000, "most tokens of text /v1/score scores (it reads them in chunks with "
+                                             "a carried state, off the server's event loop)")
+    max_body_bytes: int = setting(2 * 1024 * 1024, "largest request body read (refused with 413 as soon as it is "
+                                                   "over, before it is parsed)")
+    request_timeout: float = setting(30.0, "seconds a client has to send its request body")
+    idle_timeout: float = setting(5.0, "seconds an idle keep-alive connection stays open")
     max_batch: int = setting(0, "most completions one model advances per step (0 = all active: micro-batching; "
                                 "1 = one completion at a time)")
     threads: int = setting(1, "torch threads for prompts and scoring (NumPy/OpenBLAS steps use the cores too)")
+    allowed_hosts: str = setting("", "Host header names accepted besides loopback and --host (comma-separated; "
+                                     "* accepts any): what the server is reached as when it is exposed")
+    api_key: str = setting("", "require this key on the API (header Authorization: Bearer KEY; the page takes it "
+                               "as /#key=KEY); default: the RNNLAB_API_KEY environment variable, else none")
+    docs: bool = setting(False, "serve the OpenAPI schema and its pages at /docs and /openapi.json")
+    show_paths: bool = setting(False, "list each model's checkpoint path in /v1/models")
 
     def validate(self) -> None:
         positive(self, "port", "max_prompt_chars", "max_length", "max_n", "max_streams", "max_score_chars",
-                  "threads")
+                  "max_score_tokens", "max_body_bytes", "threads")
+        positive_float(self, "request_timeout", "idle_timeout")
         non_negative(self, "max_batch")
         if self.port > 65535:
             raise ConfigError(f"port must be <= 65535, got {self.port}")

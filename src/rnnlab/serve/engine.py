@@ -203,18 +203,29 @@ class Capacity:
             self.used = max(0, self.used - count)
 
 
+SCORE_CHUNK = 512  # tokens read per forward pass when scoring: bounds the logits held at once (chunk x V)
+
+
 def surprise(loaded: LoadedModel, ids: list[int]) -> list[float]:
-    """Bits each token of `ids` cost the model, reading from the default start (a line break)."""
+    """Bits each token of `ids` cost the model, reading from the default start (a line break), in
+    chunks with the state carried from one to the next, so memory stays bounded however long the
+    text (the same bits as one pass: the state is exact)."""
     context = loaded.default_prime()
-    tokens = torch.tensor([context + ids], dtype=torch.long)
+    first = None
+    if not context:  # no natural start: the first token is scored against a uniform guess
+        first, context, ids = math.log2(len(loaded.vocab)), ids[:1], ids[1:]
+    tokens = context + ids
+    bits, state = [], None
     with torch.inference_mode():
-        logits, _, _ = loaded.model(tokens[:, :-1])
-        log_probs = torch.log_softmax(logits.float(), dim=-1)[0, len(context) - 1:] if context else None
-    if log_probs is None:  # no natural start: the first token is scored against a uniform guess
-        with torch.inference_mode():
-            logits, _, _ = loaded.model(tokens)
-            rest = torch.log_softmax(logits.float(), dim=-1)[0, :-1]
-        first = torch.full((1, rest.shape[-1]), -math.log(rest.shape[-1]))
-        log_probs = torch.cat([first, rest])
-    picked = log_probs.gather(-1, torch.tensor(ids)[:, None])[:, 0]
-    return (-picked / math.log(2)).tolist()
+        _, _, state = loaded.model(torch.tensor([tokens[:len(context) - 1]], dtype=torch.long)) \
+            if len(context) > 1 else (None, None, None)
+        position = len(context) - 1  # predicting tokens[position + 1] from tokens[position]
+        while position < len(tokens) - 1:
+            end = min(position + SCORE_CHUNK, len(tokens) - 1)
+            inputs = torch.tensor([tokens[position:end]], dtype=torch.long)
+            logits, _, state = loaded.model(inputs, state)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)[0]
+            targets = torch.tensor(tokens[position + 1:end + 1], dtype=torch.long)
+            bits.extend((-log_probs.gather(-1, targets[:, None])[:, 0] / math.log(2)).tolist())
+            position = end
+    return ([first] if first is not None else []) + bits
