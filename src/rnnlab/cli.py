@@ -115,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130
+    except UnicodeEncodeError as exc:  # e.g. PYTHONIOENCODING=ascii, or a C locale, and text beyond it
+        if exc.encoding.lower().replace("-", "") == "utf8":
+            print(f"rnnlab: error: text that is not valid Unicode (a lone surrogate): {exc.reason}", file=sys.stderr)
+        else:
+            print(f"rnnlab: error: the output's encoding ({exc.encoding}) cannot write this text; set "
+                  f"PYTHONIOENCODING=utf-8 (or a UTF-8 locale)", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `rnnlab sample ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

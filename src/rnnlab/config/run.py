@@ -232,6 +232,9 @@ class TrainConfig:
     checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written", resumable=True,
                                   is_path=True)
     keep_last: int = setting(3, "keep the newest N checkpoints (the best one is always kept)", resumable=True)
+    overwrite: bool = setting(False, "start this run in a --checkpoint-dir that holds another run, removing that "
+                                     "run's checkpoints, pointers and log (without it, such a folder is refused)",
+                              resumable=True)
     loss_guard: float = setting(3.0, "stop when the loss exceeds this multiple of the first loss (0 disables)")
     sample_length: int = setting(200, "tokens (characters, for a char model) of preview printed after training "
                                       "(0 disables)", resumable=True)

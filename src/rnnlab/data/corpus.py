@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
 import shutil
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, so no clean-up of abandoned preparations
+    fcntl = None
 
 from rnnlab.data.text import (
     READ_BYTES,
@@ -51,6 +58,8 @@ from rnnlab.data.vocab import (
     vocab_from_dict,
 )
 from rnnlab.errors import CorpusError, RnnlabError
+
+log = logging.getLogger("rnnlab")
 
 PREPARED_FORMAT = 2
 SPLIT_NAMES = ("train", "val", "test")
@@ -205,8 +214,10 @@ def _write_prepared(files: CorpusFiles, spec: TokenizerSpec, digest: str, target
     parts = text_parts(files, vocab.kind if vocab is not None else spec.kind, fractions)
     vocab = vocab or build_vocabulary(files, spec, read_bytes, train_part=parts[0])
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_preparations(target.parent)
     staging = target.parent / f".preparing-{secrets.token_hex(8)}"
     staging.mkdir()  # (not mkdtemp: its 0700 would keep a shared cache from other users; the umask decides)
+    held = _hold(staging)
     try:
         dtype = token_dtype(len(vocab))
         lengths_file = staging / "lengths.bin" if vocab.kind != "char" else None
@@ -234,6 +245,53 @@ def _write_prepared(files: CorpusFiles, spec: TokenizerSpec, digest: str, target
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _release(staging, held)
+
+
+# --- preparations a killed process left behind ---------------------------------------------------
+# A preparation holds an exclusive lock on `.preparing-HEX.lock` while it writes `.preparing-HEX/`;
+# a folder whose lock can be taken belongs to nobody any more (its process died) and is removed.
+
+ABANDONED_AFTER = 24 * 3600  # seconds: a staging folder without a lock file (an older rnnlab) is stale by then
+
+
+def _hold(staging: Path):
+    if fcntl is None:
+        return None
+    handle = open(f"{staging}.lock", "w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _release(staging: Path, handle) -> None:
+    if handle is not None:
+        Path(handle.name).unlink(missing_ok=True)
+        handle.close()
+
+
+def remove_abandoned_preparations(root: Path) -> list[Path]:
+    """Remove the half-written staging folders of preparations whose process is gone."""
+    removed = []
+    for staging in root.glob(".preparing-*"):
+        if not staging.is_dir():
+            continue
+        lock = Path(f"{staging}.lock")
+        if lock.is_file() and fcntl is not None:
+            with open(lock, "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # another process is preparing it right now
+                shutil.rmtree(staging, ignore_errors=True)
+                lock.unlink(missing_ok=True)
+        elif time.time() - staging.stat().st_mtime > ABANDONED_AFTER:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            continue
+        removed.append(staging)
+        log.info("removed %s, left by a preparation that was interrupted", staging.name)
+    return removed
 
 
 def build_vocabulary(files: CorpusFiles, spec: TokenizerSpec, read_bytes: int = READ_BYTES,

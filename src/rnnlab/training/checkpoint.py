@@ -12,9 +12,11 @@ checkpoint under its final name is always complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,8 +114,18 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: RunConfig, vocab
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     document["checksum"] = content_checksums(tensors)
     metadata = {METADATA_KEY: json.dumps(document, ensure_ascii=False)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    try:
+        atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    except SafetensorError as exc:  # (a full disk, a vanished folder: an OS error wrapped by the Rust writer)
+        raise _as_os_error(exc, Path(path)) from None
     return Path(path)
+
+
+def _as_os_error(exc: SafetensorError, path: Path) -> OSError:
+    code = re.search(r"code: (\d+)", str(exc))
+    if code:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))
+    return OSError(errno.EIO, f"cannot write the checkpoint ({exc})", str(path))
 
 
 def content_checksums(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -181,6 +193,8 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path:
         return target
     if not resolved.exists():
         raise CheckpointError(f"checkpoint not found: {resolved}")
+    if not resolved.is_file():  # a FIFO or a device would block or never end
+        raise CheckpointError(f"not a checkpoint file: {resolved}")
     return resolved
 
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,8 +168,24 @@ class Saver:
         self.run_log = open(run.folder / "log.jsonl", "a", encoding="utf-8")
 
     def log(self, record: dict) -> None:
+        self._log_still_there()
         self.run_log.write(json.dumps(record) + "\n")
         self.run_log.flush()
+
+    def _log_still_there(self) -> None:
+        """Someone removed the folder or the log under the running job: write a new one where it was
+        (saying so), rather than into a deleted file."""
+        path = self.run.folder / "log.jsonl"
+        try:
+            if os.stat(path).st_ino == os.fstat(self.run_log.fileno()).st_ino:
+                return
+        except FileNotFoundError:
+            pass
+        self.run_log.close()
+        self.run.folder.mkdir(parents=True, exist_ok=True)
+        self.run_log = open(path, "a", encoding="utf-8")
+        log.warning("warning: the run log %s was removed while the run went on; a new one starts at step %d",
+                    path, self.run.progress.step)
 
     def close(self) -> None:
         self.run_log.close()

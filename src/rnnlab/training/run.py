@@ -25,6 +25,7 @@ from rnnlab.data.vocab import Vocab, describe_chars
 from rnnlab.errors import ConfigError, CorpusError
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.training.checkpoint import Checkpoint, load_checkpoint
+from rnnlab.training.folder import check_encodable_path, prepare_folder
 from rnnlab.training.optim import build_optimizer
 from rnnlab.training.state import Progress, restore_training_state
 from rnnlab.training.step import TrainingStep, resolve_precision, select_device
@@ -165,6 +166,11 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
     """Corpus, model, optimizer and batcher of a config; with `resumed`, its training state put back."""
     config = absolute_paths(config)
     tc = config.train
+    for section in ("data", "train"):
+        for name in marked(sections()[section], "is_path"):
+            if value := getattr(getattr(config, section), name):
+                check_encodable_path(value, f"--{name.replace('_', '-')}")
+    prepare_folder(Path(tc.checkpoint_dir), resuming=resumed is not None, overwrite=tc.overwrite)
     device = select_device(tc.device)
     precision = resolve_precision(tc.precision, device)
     torch.manual_seed(tc.seed)
