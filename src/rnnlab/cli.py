@@ -181,12 +181,18 @@ def _print_preview(checkpoint: Path, length: int, seed: int) -> None:
 # --- sample --------------------------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
+    from rnnlab.models.size import check_fits, sampling_bytes
     from rnnlab.training.checkpoint import load_checkpoint
     from rnnlab.training.step import select_device
 
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
     config = sample_config_for(ckpt.config.train, overrides_from_args(args).get("sample", {}))
-    model = ckpt.build_model(select_device(config.device))
+    device = select_device(config.device)
+    model = ckpt.build_model(device)
+    streams = config.beam_width or config.num_samples
+    check_fits(sampling_bytes(model, streams, beam=bool(config.beam_width)), device,
+               f"generating {streams:,} {'beams' if config.beam_width else 'samples'} at once",
+               "lower --num-samples or --beam-width")
     prompt = prompt_ids(ckpt.vocab, _read_prime(config), config.unknown)
     if prompt.dropped:
         log.warning("dropping prime %s not in the vocabulary: %s",

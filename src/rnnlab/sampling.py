@@ -28,6 +28,7 @@ from rnnlab.errors import RnnlabError
 log = logging.getLogger("rnnlab")
 
 NOISE_BLOCK = 256  # tokens whose sampling noise is drawn at once (the text for a seed does not depend on it)
+NOISE_BYTES = 64 * 2 ** 20  # ... unless that would hold more than this: many streams of a large vocabulary
 
 
 # --- choosing the next token -------------------------------------------------------------------
@@ -86,15 +87,16 @@ class TokenSampler:
     def __init__(self, config: SampleConfig, batch: int = 1, seed: int | None = None):
         self.config, self.batch = config, batch
         self.rng = np.random.default_rng(config.seed if seed is None else seed)
-        self.noise, self.used = None, NOISE_BLOCK
+        self.noise, self.used = None, 0
 
     def __call__(self, logits) -> np.ndarray:
         c = self.config
         if c.argmax:
             return sample_next_token(logits, argmax=True)
         scores = as_numpy(logits)
-        if self.used == NOISE_BLOCK:
-            self.noise, self.used = gumbel_noise(self.rng, NOISE_BLOCK, self.batch, scores.shape[-1]), 0
+        if self.used == len(self.noise if self.noise is not None else ()):
+            steps = max(1, min(NOISE_BLOCK, NOISE_BYTES // (4 * self.batch * scores.shape[-1])))
+            self.noise, self.used = gumbel_noise(self.rng, steps, self.batch, scores.shape[-1]), 0
         self.used += 1
         return sample_next_token(scores, c.temperature, c.top_k, c.top_p, gumbel=self.noise[self.used - 1])
 

@@ -30,6 +30,7 @@ from rnnlab.config import RunConfig
 from rnnlab.data.vocab import Vocab, vocab_from_dict
 from rnnlab.errors import CheckpointError, RnnlabError
 from rnnlab.models.lm import RecurrentLM
+from rnnlab.models.size import meta_model
 from rnnlab.training.state import is_checkpoint_file_name
 
 FORMAT_VERSION = 2  # 2: a content checksum of the tensors
@@ -227,10 +228,23 @@ def load_checkpoint(path: str | os.PathLike, prefer: str = "best", weights_only:
     broken = [k for k, v in model_state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
         raise CheckpointError(f"{file} holds non-finite (NaN or inf) weights: {', '.join(broken[:3])}")
+    _check_shapes_fit_config(file, config, vocab, model_state)
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     metrics, trainer = _object(document, "metrics", file), _object(document, "trainer", file)
     _verify_checksums(file, document.get("checksum"), written_as, model_state, rest, weights_only)
     return Checkpoint(file, config, vocab, metrics, trainer, model_state, document.get("optimizer"), rest)
+
+
+def _check_shapes_fit_config(file: Path, config: RunConfig, vocab, model_state: dict) -> None:
+    """The saved weights against the model the saved config builds, compared on the meta device, so a
+    hand-edited size (hidden_size = 10^7) is one error line, not an allocation of the config's model."""
+    expected = {k: tuple(v.shape) for k, v in
+                meta_model(config.model, len(vocab), config.train.state == "learned").state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in model_state.items()}
+    for name in sorted(set(expected) | set(saved)):
+        if expected.get(name) != saved.get(name):
+            raise CheckpointError(f"{file}: weights do not fit the saved config ({name}: saved "
+                                  f"{saved.get(name, 'nothing')}, the config builds {expected.get(name, 'nothing')})")
 
 
 def _verify_checksums(file: Path, saved, written_as: int, model_state: dict, rest: dict, weights_only: bool) -> None:

@@ -24,6 +24,7 @@ from rnnlab.data.corpus import PreparedCorpus, Splits, prepare_from_config, user
 from rnnlab.data.vocab import Vocab, describe_chars
 from rnnlab.errors import ConfigError, CorpusError
 from rnnlab.models.lm import RecurrentLM
+from rnnlab.models.size import check_fits, parameter_count, training_bytes
 from rnnlab.training.checkpoint import Checkpoint, load_checkpoint
 from rnnlab.training.folder import check_encodable_path, prepare_folder
 from rnnlab.training.optim import build_optimizer
@@ -188,7 +189,14 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
         advice = ("use a longer validation file" if corpus.meta.get("split_tokens") and
                   not corpus.meta.get("split_fractions") else f"raise --val-frac (now {config.data.val_frac})")
         raise CorpusError(f"the validation split has {len(splits.val)} tokens; {advice}")
-    model = RecurrentLM(config.model, len(corpus.vocab), learned_initial_state=tc.state == "learned").to(device)
+    learned = tc.state == "learned"
+    check_fits(training_bytes(config.model, len(corpus.vocab), tc.batch_size, tc.seq_length, learned), device,
+               f"training a {config.model.num_layers}x{config.model.hidden_size} {config.model.cell} "
+               f"({parameter_count(config.model, len(corpus.vocab), learned):,} parameters, vocabulary "
+               f"{len(corpus.vocab):,}) with batches of {tc.batch_size}x{tc.seq_length}",
+               "lower the model's sizes (--hidden-size, --embedding-size, --num-layers, --mos-experts) or the "
+               "batch (--batch-size, --seq-length)")
+    model = RecurrentLM(config.model, len(corpus.vocab), learned_initial_state=learned).to(device)
     if source is not None:
         _load_initial_weights(model, source)
     step = TrainingStep(model, build_optimizer(model.parameters(), tc, device), precision, tc.grad_clip, device)
