@@ -4,6 +4,7 @@ rnnlab server on a free loopback port (for the browser and load tests)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -91,10 +92,11 @@ def running_server(models, config=None, app=None):
 
     from rnnlab.config import ServeConfig
     from rnnlab.serve.app import create_app
+    from rnnlab.serve.protocol import server_config
 
-    port = free_port()
-    app = app or create_app(models, config or ServeConfig())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = dataclasses.replace(config or ServeConfig(), host="127.0.0.1", port=free_port())
+    server = uvicorn.Server(server_config(app or create_app(models, config), config))
+    port = config.port
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

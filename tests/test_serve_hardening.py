@@ -200,3 +200,14 @@ def test_a_request_body_that_never_arrives_times_out(loaded):
             reply = reply.decode("latin-1")
     assert reply.startswith("HTTP/1.1 408") and time.monotonic() - started < 5
     assert "did not arrive" in json.loads(reply.split("\r\n\r\n", 1)[1])["error"]
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(loaded):
+    with running_server(loaded, ServeConfig(request_timeout=0.5)) as url:
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"POST /v1/complete HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and then nothing
+            started = time.monotonic()
+            assert connection.recv(4096) == b""  # closed by the server
+            assert time.monotonic() - started < 5
+        assert httpx.get(url + "v1/models", timeout=30).status_code == 200

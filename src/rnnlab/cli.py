@@ -313,6 +313,7 @@ def cmd_serve(args) -> int:
 
         from rnnlab.serve.app import create_app
         from rnnlab.serve.engine import LoadedModel
+        from rnnlab.serve.protocol import server_config
     except ImportError:
         raise RnnlabError("serving needs FastAPI and uvicorn: pip install 'rnnlab[serve]'") from None
     given = overrides_from_args(args).get("serve", {})
@@ -339,8 +340,7 @@ def cmd_serve(args) -> int:
     for m in models:
         log.info("serving %s: %s, %s parameters", m.name, m.path, f"{m.info['parameters']:,}")
     log.info("open http://%s:%d/%s", config.host, config.port, " (API docs at /docs)" if config.docs else "")
-    uvicorn.run(create_app(models, config), host=config.host, port=config.port, log_level="warning",
-                timeout_keep_alive=config.idle_timeout)
+    uvicorn.Server(server_config(create_app(models, config), config)).run()
     return 0
 
 
