@@ -6,6 +6,8 @@ Every subcommand turns user mistakes (RnnlabError) into one line on stderr and a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -105,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a prepared token file truncated under a running job ends it with SIGBUS, which Python cannot
+    # catch: this at least says so ("Fatal Python error: Bus error") instead of dying silently
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # (stderr may be no file: a test's capture)
+        faulthandler.enable()
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
     try:
