@@ -22,7 +22,9 @@ from tqdm import tqdm
 from rnnlab.config import (
     DataConfig,
     EvalConfig,
+    InspectConfig,
     ModelConfig,
+    PlotConfig,
     RunConfig,
     SampleConfig,
     SchemesExperimentConfig,
@@ -98,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format for now)")
     p.add_argument("--out", default="model.onnx", help="output file; FILE.json goes beside it (default: model.onnx)")
     p.set_defaults(handler=cmd_export)
+
+    p = commands.add_parser("inspect", help="what a checkpoint holds: model, vocabulary, step, losses, format",
+                            parents=[quiet])
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
+    add_flags(p, "inspect", InspectConfig)
+    p.set_defaults(handler=cmd_inspect)
+
+    p = commands.add_parser("plot", help="loss curves of runs from their logs, in one PNG", parents=[quiet])
+    p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="checkpoint folders (each holds log.jsonl)")
+    add_flags(p, "plot", PlotConfig)
+    p.set_defaults(handler=cmd_plot)
 
     p = commands.add_parser("prepare", help="prepare (cache) the token file of a text corpus", parents=[quiet])
     p.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file or folder with input.txt")
@@ -392,6 +405,52 @@ def cmd_export(args) -> int:
 
     graph, meta = export_onnx(args.checkpoint, args.out)
     print(f"written: {graph} and {meta}")
+    return 0
+
+
+# --- inspect -------------------------------------------------------------------------------------
+
+def cmd_inspect(args) -> int:
+    from rnnlab.training.checkpoint import load_checkpoint
+
+    config = build_section(InspectConfig, overrides_from_args(args).get("inspect", {}))
+    facts = load_checkpoint(args.checkpoint).summary()
+    if config.json:
+        print(json.dumps(facts))
+        return 0
+    unit = "char" if facts["tokenizer"] == "char" else "token"
+    lines = [
+        f"checkpoint: {facts['path']} (format {facts['format_version']}, checksum "
+        f"{'verified' if facts['checksum_verified'] else 'absent: an older format'})",
+        f"model: {facts['layers']}x{facts['hidden_size']} {facts['cell']}, embedding {facts['embedding_size'] or 'one-hot'}, "
+        f"{facts['head']} head{', tied' if facts['tie_weights'] else ''}; {facts['parameters']:,} parameters "
+        f"({facts['weights_dtype']} weights; trained with precision {facts['training_precision']})",
+        f"vocabulary: {facts['vocab_size']:,} ({facts['tokenizer']})",
+        f"trained: step {facts['step']}, epoch {_shown(facts['epoch'], '.2f')} on {facts['corpus']} "
+        f"(digest {facts['corpus_digest']})",
+        f"val loss: {_shown(facts['val_loss'], '.4f')} nats/{unit} ({_shown(facts['val_bits_per_char'], '.4f')} bits/char); "
+        f"best {_shown(facts['best_val_loss'], '.4f')}",
+        f"resumable: {'yes' if facts['resumable'] else 'no (weights only: use it with --init-from)'}"]
+    print("\n".join(lines))
+    return 0
+
+
+def _shown(value, spec: str) -> str:
+    return "?" if value is None else format(value, spec)
+
+
+# --- plot ----------------------------------------------------------------------------------------
+
+def cmd_plot(args) -> int:
+    config = build_section(PlotConfig, overrides_from_args(args).get("plot", {}))
+    try:
+        import matplotlib  # noqa: F401
+
+        from rnnlab.plots import plot_runs
+    except ImportError:
+        raise RnnlabError("plots need matplotlib: pip install 'rnnlab[experiments]'") from None
+    drawn = plot_runs([Path(r) for r in args.runs], Path(config.out), config.x, config.unit)
+    print(f"written: {drawn['file']} ({len(drawn['runs'])} runs; {drawn['ylabel']} against {drawn['xlabel']})")
     return 0
 
 

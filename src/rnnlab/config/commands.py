@@ -140,6 +140,28 @@ def parse_architectures(text: str) -> tuple[tuple[int, int], ...]:
 
 
 @dataclass
+class InspectConfig:
+    """`rnnlab inspect`: how a checkpoint is described."""
+    json: bool = setting(False, "print one JSON object (the whole config included)")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
+class PlotConfig:
+    """`rnnlab plot`: loss curves of runs from their logs."""
+    out: str = setting("", "the PNG file to write", required=True, is_path=True)
+    x: str = setting("step", "the x axis: optimizer steps, epochs or wall time", choices=("step", "epoch", "time"))
+    unit: str = setting("bits", "the y axis: bits per character, or nats per token", choices=("bits", "nats"))
+
+    def validate(self) -> None:
+        check_choices(self)
+        if not self.out.lower().endswith(".png"):
+            raise ConfigError(f"--out must name a .png file, got {self.out!r}")
+
+
+@dataclass
 class ServeConfig:
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = setting(8000, "TCP port")

@@ -238,6 +238,10 @@ class TrainConfig:
     loss_guard: float = setting(3.0, "stop when the loss exceeds this multiple of the first loss (0 disables)")
     sample_length: int = setting(200, "tokens (characters, for a char model) of preview printed after training "
                                       "(0 disables)", resumable=True)
+    preview_length: int = setting(0, "after every validation, print (and write to the run log) a seeded sample of "
+                                     "this many tokens from the model as validated (0 = none)", resumable=True)
+    preview_prime: str = setting("", "the text previews continue (default: a line start), e.g. \"The\" as the "
+                                     "blog did", resumable=True)
     seed: int = setting(1234, "seed for weights, batching, dropout and previews")
     device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda"), resumable=True)
     threads: int = setting(0, "CPU threads for PyTorch (0 = all cores)", resumable=True)
@@ -265,7 +269,7 @@ class TrainConfig:
             raise ConfigError("random windows are unrelated to each other: use --state zero or learned")
         positive_float(self, "learning_rate", "decay_rate", "max_epochs")
         non_negative(self, "warmup_steps", "decay_after", "max_steps", "max_minutes", "grad_clip",
-                      "weight_decay", "loss_guard", "sample_length", "threads")
+                      "weight_decay", "loss_guard", "sample_length", "threads", "preview_length")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.min_lr_frac <= 1.0:

@@ -59,6 +59,25 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optimizer_meta: dict | None = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # optimizer/carry/rng tensors
+    format_version: int = FORMAT_VERSION  # the file's own (older files are migrated on load)
+    verified: bool = True  # its checksum was checked (format 1 files have none)
+
+    def summary(self) -> dict:
+        """What the checkpoint holds, for `rnnlab inspect`."""
+        model, progress = self.config.model, self.trainer.get("progress", {})
+        dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in self.model_state.values()})
+        return {"path": str(self.path), "format_version": self.format_version, "checksum_verified": self.verified,
+                "cell": model.cell, "layers": model.num_layers, "hidden_size": model.hidden_size,
+                "embedding_size": model.embedding_size, "head": model.head, "tie_weights": model.tie_weights,
+                "parameters": sum(t.numel() for t in self.model_state.values() if t.is_floating_point()),
+                "weights_dtype": ", ".join(dtypes), "training_precision": self.config.train.precision,
+                "tokenizer": self.vocab.kind, "vocab_size": len(self.vocab),
+                "step": self.metrics.get("step", progress.get("step")), "epoch": self.metrics.get("epoch"),
+                "val_loss": self.metrics.get("val_loss"), "val_bits_per_char": self.metrics.get("val_bits_per_char"),
+                "best_val_loss": self.metrics.get("best_val_loss"), "corpus": self.metrics.get("corpus"),
+                "corpus_digest": self.metrics.get("corpus_digest"),
+                "resumable": self.optimizer_meta is not None and "progress" in self.trainer,
+                "config": self.config.to_dict()}
 
     def build_model(self, device: str | torch.device = "cpu") -> RecurrentLM:
         model = RecurrentLM(self.config.model, len(self.vocab), self.config.train.state == "learned")
@@ -232,7 +251,8 @@ def load_checkpoint(path: str | os.PathLike, prefer: str = "best", weights_only:
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     metrics, trainer = _object(document, "metrics", file), _object(document, "trainer", file)
     _verify_checksums(file, document.get("checksum"), written_as, model_state, rest, weights_only)
-    return Checkpoint(file, config, vocab, metrics, trainer, model_state, document.get("optimizer"), rest)
+    return Checkpoint(file, config, vocab, metrics, trainer, model_state, document.get("optimizer"), rest,
+                      written_as, document.get("checksum") is not None)
 
 
 def _check_shapes_fit_config(file: Path, config: RunConfig, vocab, model_state: dict) -> None:

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlab.config import RunConfig
+from rnnlab.config import RunConfig, SampleConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.evaluation import EvalResult, evaluate_tokens
+from rnnlab.sampling import complete_texts, prompt_ids
 from rnnlab.training.checkpoint import checkpoint_name, prune_checkpoints, read_pointer, save_checkpoint, update_pointer
 from rnnlab.training.optim import WeightAverage, learning_rate_at, nt_asgd_triggered, set_learning_rate
 from rnnlab.training.run import Run, resolve_run
@@ -215,7 +216,24 @@ class Saver:
         self.log({"event": "val", "step": prog.step, "epoch": run.batcher.epoch_progress,
                   "val_loss": result.nats_per_token, "val_perplexity": result.perplexity,
                   "val_bits_per_char": result.bits_per_char, "elapsed": prog.elapsed})
+        if run.config.train.preview_length:
+            self.preview(prog.step)
         return result
+
+    def preview(self, step: int) -> None:
+        """A short seeded sample from the weights just validated (the blog's completion of "The"). It
+        uses NumPy's generator and the model's eval-mode step, so the training's random state is
+        untouched and a run with previews is the same run as one without."""
+        run, tc = self.run, self.run.config.train
+        config = SampleConfig(length=tc.preview_length, seed=tc.seed, fast=False)
+        prompt = prompt_ids(run.vocab, tc.preview_prime)
+        run.model.eval()
+        try:
+            text = complete_texts(run.model, run.vocab, prompt, config)[0]
+        finally:
+            run.model.train()
+        log.info("preview at step %d: %s%s", step, prompt.text, text)
+        self.log({"event": "preview", "step": step, "prime": prompt.text, "text": text})
 
     def save(self, prog: Progress, result: EvalResult, raw_tensors: dict) -> Path:
         """A checkpoint of the run as it is now, named by its val loss; pointers updated, old ones pruned."""
