@@ -24,6 +24,7 @@ from rnnlab.config import (
     EvalConfig,
     InspectConfig,
     ModelConfig,
+    NoveltyConfig,
     PlotConfig,
     RunConfig,
     SampleConfig,
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
     add_flags(p, "inspect", InspectConfig)
     p.set_defaults(handler=cmd_inspect)
+
+    p = commands.add_parser("novelty", help="how much of a sample is copied verbatim from the training text",
+                            parents=[quiet])
+    p.add_argument("source", metavar="SOURCE", help="a checkpoint (its seeded sample is checked) or a sample's text file")
+    p.add_argument("train_text", metavar="TRAIN_TEXT", help="the training text (a file, or a folder with input.txt)")
+    add_flags(p, "novelty", NoveltyConfig)
+    p.set_defaults(handler=cmd_novelty)
 
     p = commands.add_parser("plot", help="loss curves of runs from their logs, in one PNG", parents=[quiet])
     p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="checkpoint folders (each holds log.jsonl)")
@@ -437,6 +445,44 @@ def cmd_inspect(args) -> int:
 
 def _shown(value, spec: str) -> str:
     return "?" if value is None else format(value, spec)
+
+
+# --- novelty -------------------------------------------------------------------------------------
+
+def cmd_novelty(args) -> int:
+    from rnnlab.data.corpus import default_cache_root
+    from rnnlab.novelty import build_index, novelty
+
+    config = build_section(NoveltyConfig, overrides_from_args(args).get("novelty", {}))
+    text_path = resolve_text_path(args.train_text)
+    sample, words = _sample_to_check(args.source, config)
+    index = build_index(text_path, Path(config.cache_dir) if config.cache_dir else default_cache_root(text_path))
+    report = novelty(index, sample, config.sizes(), words=words, passages=config.passages)
+    if config.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    unit = report.unit
+    print(f"sample: {report.characters:,} characters; longest span found verbatim in {text_path}: "
+          f"{len(report.longest)} characters")
+    for n, share in report.shares.items():
+        print(f"{n}-{unit[:-1]} n-grams found in the training text: {share:.1%}")
+    for i, passage in enumerate(report.passages, 1):
+        print(f"--- copied passage {i} ({len(passage)} characters) ---\n{passage}")
+    return 0
+
+
+def _sample_to_check(source: str, config) -> tuple[str, bool]:
+    """The text to check, and whether it is read in words: a checkpoint's seeded sample, or a file."""
+    from rnnlab.training.checkpoint import load_checkpoint
+
+    path = Path(source)
+    if path.is_dir() or path.suffix == ".safetensors":
+        ckpt = load_checkpoint(path, weights_only=True)
+        settings = sample_config_for(ckpt.config.train, {"length": config.length, "seed": config.seed})
+        prompt = prompt_ids(ckpt.vocab, "")
+        text = complete_texts(make_stepper(ckpt.build_model("cpu"), settings), ckpt.vocab, prompt, settings)[0]
+        return text, ckpt.vocab.kind == "word"
+    return "".join(read_text_chunks(resolve_text_path(source))), False
 
 
 # --- plot ----------------------------------------------------------------------------------------

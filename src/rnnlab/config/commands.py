@@ -162,6 +162,33 @@ class PlotConfig:
 
 
 @dataclass
+class NoveltyConfig:
+    """`rnnlab novelty`: how much of a sample is copied from the training text."""
+    length: int = setting(2000, "tokens of sample to generate when SOURCE is a checkpoint")
+    seed: int = setting(0, "seed of that sample")
+    ngrams: str = setting("10,20,50", "n-gram lengths whose share found in the text is reported (characters; "
+                                      "words for a word model)")
+    passages: int = setting(5, "copied passages to show, longest first")
+    cache_dir: str | None = setting(None, "where the text's index goes (default: beside its prepared corpus)",
+                                    is_path=True)
+    json: bool = setting(False, "print one JSON object")
+
+    def validate(self) -> None:
+        positive(self, "length", "passages")
+        check_seed(self.seed)
+        self.sizes()
+
+    def sizes(self) -> tuple[int, ...]:
+        try:
+            sizes = tuple(int(v) for v in self.ngrams.split(",") if v.strip())
+        except ValueError:
+            sizes = ()
+        if not sizes or min(sizes) <= 0:
+            raise ConfigError(f"ngrams look like 10,20,50; got {self.ngrams!r}")
+        return sizes
+
+
+@dataclass
 class ServeConfig:
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = setting(8000, "TCP port")
