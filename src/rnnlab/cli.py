@@ -23,6 +23,7 @@ from rnnlab.config import (
     DataConfig,
     EvalConfig,
     InspectConfig,
+    MatrixConfig,
     ModelConfig,
     NoveltyConfig,
     PlotConfig,
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file (default: embedded corpus)")
     add_flags(e, "experiment", SchemesExperimentConfig, skip=("data",))
     e.set_defaults(handler=cmd_experiment_schemes)
+
+    p = commands.add_parser("matrix", help="every model evaluated on every corpus (the blog's cross-dataset table)",
+                            parents=[quiet])
+    add_flags(p, "matrix", MatrixConfig)
+    p.set_defaults(handler=cmd_matrix)
 
     p = commands.add_parser("serve", help="a web page and JSON API that auto-complete text with trained models",
                             parents=[quiet])
@@ -326,6 +332,24 @@ def cmd_experiment_schemes(args) -> int:
     out = Path(settings.out)
     print((out / "summary.md").read_text(encoding="utf-8"))
     print(f"written: {out / 'table4.md'}, {out / 'fig9.png'}, {out / 'summary.md'}")
+    return 0
+
+
+# --- matrix --------------------------------------------------------------------------------------
+
+def cmd_matrix(args) -> int:
+    from rnnlab.experiments.matrix import run_matrix
+
+    config = build_section(MatrixConfig, overrides_from_args(args).get("matrix", {}))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RnnlabError("the matrix draws its heatmap with matplotlib: pip install 'rnnlab[experiments]'") from None
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    run_matrix(config)
+    out = Path(config.out)
+    print((out / "matrix.md").read_text(encoding="utf-8"))
+    print(f"written: {out / 'matrix.md'}, {out / 'matrix.csv'}, {out / 'matrix.png'}")
     return 0
 
 

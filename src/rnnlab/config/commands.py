@@ -189,6 +189,47 @@ class NoveltyConfig:
 
 
 @dataclass
+class MatrixConfig:
+    """`rnnlab matrix`: every model evaluated on every corpus (the blog's cross-dataset table)."""
+    out: str = setting("", "folder for matrix.md, matrix.csv, matrix.png, the models trained and the texts "
+                           "scored", required=True, is_path=True)
+    corpus: list[str] = setting([], "NAME=PATH: a corpus (a text file, or a folder with input.txt); once per "
+                                    "corpus", required=True)
+    model: list[str] = setting([], "NAME=CHECKPOINT: the model of corpus NAME (the others get one trained)")
+    train_minutes: float = setting(2.0, "minutes of training for each corpus without a given model")
+    train_steps: int = setting(0, "steps of training instead of minutes (0 = --train-minutes)")
+    config: str | None = setting(None, "the preset those models are trained with (default: rnnlab's defaults)",
+                                 is_path=True)
+    val_frac: float = setting(0.05, "the share of each corpus, at its end before the test share, that every "
+                                    "model is scored on")
+    test_frac: float = setting(0.05, "the share of each corpus at its very end, held out")
+
+    def validate(self) -> None:
+        non_negative(self, "train_minutes", "train_steps")
+        if not (self.train_minutes or self.train_steps):
+            raise ConfigError("give --train-minutes or --train-steps a positive value")
+        for name in ("val_frac", "test_frac"):
+            if not 0.0 < getattr(self, name) < 0.5:
+                raise ConfigError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
+        corpora = self.named("corpus")
+        unknown = sorted(set(self.named("model")) - set(corpora))
+        if unknown:
+            raise ConfigError(f"--model names {', '.join(unknown)}, which no --corpus is called")
+
+    def named(self, field_name: str) -> dict[str, str]:
+        """NAME=PATH items as {NAME: PATH}, each name once."""
+        items = {}
+        for item in getattr(self, field_name):
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ConfigError(f"--{field_name} takes NAME=PATH, got {item!r}")
+            if name in items:
+                raise ConfigError(f"two --{field_name} items are named {name!r}")
+            items[name] = path
+        return items
+
+
+@dataclass
 class ServeConfig:
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = setting(8000, "TCP port")

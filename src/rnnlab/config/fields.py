@@ -39,6 +39,8 @@ def setting(default: Any, help: str, choices: tuple | None = None, flag: str | N
     required: its command-line flag must be given."""
     metadata = {"help": help, "choices": choices, "flag": flag, "aliases": aliases, "resumable": resumable,
                 "shapes_weights": shapes_weights, "is_path": is_path, "needs": needs, "required": required}
+    if isinstance(default, list):  # (a repeatable flag: each config gets its own list)
+        return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -64,6 +66,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     base, optional = unwrap_optional(annotation)
     if value is None and optional:
         return None
+    if typing.get_origin(base) is list:  # list[str]: a repeatable flag, or a TOML array
+        item = typing.get_args(base)[0]
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"{where} must be a list of {item.__name__}, got {value!r}")
+        return list(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is bool and not isinstance(value, bool):
@@ -118,12 +125,14 @@ def add_flags(parser: argparse.ArgumentParser, section: str, section_type: type,
         base, _ = unwrap_optional(hints[f.name])
         flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if "default" not in help_text and not f.metadata.get("required"):
+        if "default" not in help_text and not f.metadata.get("required") and f.default is not dataclasses.MISSING:
             help_text += f" (default: {f.default})"
         kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text,
                                   "required": bool(f.metadata.get("required"))}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is list:  # given once per item
+            kwargs.update(action="append", type=typing.get_args(base)[0], metavar=f.name.upper())
         elif f.metadata.get("choices"):
             kwargs.update(type=base, choices=f.metadata["choices"])
         else:
