@@ -91,3 +91,27 @@ def test_dynamic_evaluation_lowers_the_loss_on_repeated_text_and_restores_the_we
     assert dynamic.tokens == static.tokens == len(tokens) - 1
     assert dynamic.nats_per_token < static.nats_per_token - 0.3, (dynamic.nats_per_token, static.nats_per_token)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_windowed_evaluation_predicts_each_token_from_its_window_only():
+    import torch
+
+    from rnnlab.config import ModelConfig
+    from rnnlab.evaluation import evaluate_tokens, evaluate_windowed
+    from rnnlab.models.lm import RecurrentLM
+
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(num_layers=2, hidden_size=16, embedding_size=4), 9).eval()
+    tokens = np.random.default_rng(0).integers(0, 9, 60)
+    whole = evaluate_windowed(model, tokens, window=100)  # every window holds all that came before
+    progressive = evaluate_tokens(model, tokens, batch_size=1, seq_length=100)
+    assert abs(whole.total_nats - progressive.total_nats) < 1e-3
+    windowed = evaluate_windowed(model, tokens, window=5, batch_size=7)
+    expected = 0.0
+    with torch.inference_mode():
+        for t in range(1, len(tokens)):
+            context = torch.tensor(tokens[max(0, t - 5):t])[None]
+            logits, _, _ = model(context)
+            expected -= torch.log_softmax(logits[0, -1], -1)[tokens[t]].item()
+    assert abs(windowed.total_nats - expected) < 1e-3 and windowed.tokens == len(tokens) - 1
+    assert windowed.total_nats != whole.total_nats

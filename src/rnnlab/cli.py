@@ -42,7 +42,14 @@ from rnnlab.data.corpus import encode_file_to_memmap, prepare_from_config
 from rnnlab.data.text import read_text_chunks, resolve_text_path
 from rnnlab.data.vocab import describe_chars
 from rnnlab.errors import ConfigError, CorpusError, RnnlabError
-from rnnlab.sampling import complete_texts, make_stepper, prompt_ids, sample_config_for, stream_text
+from rnnlab.sampling import (
+    complete_texts,
+    make_stepper,
+    prompt_ids,
+    sample_config_for,
+    sampling_defaults,
+    stream_text,
+)
 
 # torch-based modules are imported inside the commands that need them, so `rnnlab prepare` (and
 # --help) stay light: importing torch alone takes ~220 MB of memory.
@@ -268,12 +275,15 @@ def _print_samples(model, vocab, prompt, config: SampleConfig) -> None:
 # --- eval ----------------------------------------------------------------------------------------
 
 def cmd_eval(args) -> int:
-    from rnnlab.evaluation import dynamic_evaluate, evaluate_tokens
+    from rnnlab.evaluation import dynamic_evaluate, evaluate_tokens, evaluate_windowed
     from rnnlab.training.checkpoint import load_checkpoint
     from rnnlab.training.step import select_device
 
-    config = build_section(EvalConfig, overrides_from_args(args).get("eval", {}))
+    given = overrides_from_args(args).get("eval", {})
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
+    defaults = {} if "sampling" in given or given.get("dynamic") or given.get("burn_in") else \
+        sampling_defaults(ckpt.config.train)  # a scheme 1/2 model is scored windowed, the way it samples
+    config = build_section(EvalConfig, {**defaults, **given})
     device = select_device(config.device)
     model = ckpt.build_model(device)
     text_path = resolve_text_path(args.file)
@@ -286,18 +296,24 @@ def cmd_eval(args) -> int:
         tokens, lengths = encoded.tokens, encoded.char_lengths
         if len(tokens) < 2:
             raise CorpusError(f"{text_path} needs at least two tokens to score")
-        if config.dynamic:
+        if config.sampling == "windowed":
+            result = evaluate_windowed(model, tokens, config.window, config.batch_size, device, char_lengths=lengths)
+        elif config.dynamic:
             result = dynamic_evaluate(model, tokens, config.seq_length or 50, config.dynamic_lr, config.dynamic_decay,
                                       device, char_lengths=lengths)
         else:
             result = evaluate_tokens(model, tokens, config.batch_size, seq_length, device, burn_in=config.burn_in,
                                      char_lengths=lengths)
         del tokens, lengths, encoded
-    report = {**result.as_dict(), "tokenizer": ckpt.vocab.kind}
+    report = {**result.as_dict(), "tokenizer": ckpt.vocab.kind, "evaluation": config.sampling,
+              **({"window": config.window} if config.sampling == "windowed" else {})}
     if config.json:
         print(json.dumps(report))
     else:
         print(format_report(text_path, result, ckpt.vocab.kind, config.burn_in))
+        if config.sampling == "windowed":
+            print(f"evaluation: windowed, each token from the {config.window} before it only"
+                  f"{' (this model was trained with scheme ' + str(ckpt.config.train.scheme) + ')' if defaults else ''}")
     return 0
 
 

@@ -115,6 +115,38 @@ def evaluate_tokens(model, tokens: np.ndarray, batch_size: int = 64, seq_length:
         model.train(was_training)
 
 
+def evaluate_windowed(model, tokens: np.ndarray, window: int, batch_size: int = 64,
+                      device: torch.device | str = "cpu", char_lengths: np.ndarray | None = None) -> EvalResult:
+    """Every token predicted from the `window` tokens before it only, read from the model's initial
+    state — how a model trained with the paper's scheme 1 or 2 is used when it samples windowed.
+    (Tokens near the start have the shorter context there is.) Costs `window` steps per token."""
+    n = len(tokens)
+    if n < 2:
+        raise CorpusError("evaluation needs at least two tokens")
+    ids = np.asarray(tokens, dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            total = sum(_last_token_nats(model, ids[:t][None, :], ids[t:t + 1], device)
+                        for t in range(1, min(window, n)))  # the first tokens: what context they have
+            windows = (np.lib.stride_tricks.sliding_window_view(ids, window + 1) if n > window
+                       else np.zeros((0, window + 1), dtype=np.int64))  # (n - window, window + 1)
+            for begin in range(0, len(windows), batch_size):
+                chunk = windows[begin:begin + batch_size]
+                total += _last_token_nats(model, chunk[:, :-1], chunk[:, -1], device)
+        return EvalResult(total, n - 1, scored_characters(char_lengths, 1))
+    finally:
+        model.train(was_training)
+
+
+def _last_token_nats(model, contexts: np.ndarray, targets: np.ndarray, device) -> float:
+    logits, _, _ = model(torch.tensor(np.asarray(contexts), dtype=torch.long, device=device))  # (a copy: views
+    log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)                              # are read-only)
+    picked = log_probs.gather(-1, torch.tensor(np.asarray(targets), dtype=torch.long, device=device)[:, None])
+    return float(-picked.sum())
+
+
 def _evaluate_after_burn_in(model, tokens, seq_length: int, device, burn_in: int) -> float:
     state = None
     if burn_in > 1:  # the last burn-in token is fed by the first scored window

@@ -299,3 +299,22 @@ def test_ctrl_c_while_preparing_stops_at_once_without_a_checkpoint(tmp_path, cap
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "ck").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
+def test_eval_scores_a_scheme_1_model_windowed_as_it_samples(tmp_path, capsys):
+    folder = tmp_path / "s1"
+    code, _, err = run(capsys, "train", *TINY, "--scheme", 1, "--k1", 16, "--max-steps", 4, "--eval-every", 4,
+                       "--checkpoint-dir", folder)
+    assert code == 0, err
+    text = tmp_path / "t.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 4, encoding="utf-8")
+    code, out, _ = run(capsys, "eval", folder, text, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["evaluation"] == "windowed" and report["window"] == 32  # its k2
+    code, out, _ = run(capsys, "eval", folder, text, "--json", "--sampling", "progressive")
+    assert json.loads(out)["evaluation"] == "progressive"
+    assert json.loads(out)["bits_per_char"] != report["bits_per_char"]
+    code, out, _ = run(capsys, "eval", folder, text, "--window", 8, "--json")
+    assert code == 0 and json.loads(out)["window"] == 8  # (its own way of sampling, over another window)
+    code, _, err = run(capsys, "eval", load_checkpoint(folder).path, text, "--window", 8, "--sampling", "progressive")
+    assert code == 1 and "--window sets windowed evaluation" in err

@@ -70,13 +70,21 @@ class EvalConfig:
     dynamic: bool = setting(False, "dynamic evaluation: adapt the weights to the text as it is read (one stream)")
     dynamic_lr: float = setting(1e-4, "dynamic evaluation's learning rate")
     dynamic_decay: float = setting(2e-5, "dynamic evaluation's pull back toward the trained weights per step")
+    sampling: str = setting("progressive", "progressive: the state carried through the text; windowed: every token "
+                            "predicted from the last --window tokens only, from a fresh state, as windowed sampling "
+                            "uses a model (the default for models trained with scheme 1 or 2)",
+                            choices=("progressive", "windowed"))
+    window: int = setting(100, "tokens of context in windowed evaluation (default for scheme 1/2 models: their k2)")
     device: str = setting("auto", "where to run", choices=("auto", "cpu", "cuda"))
     json: bool = setting(False, "print one JSON object")
 
     def validate(self) -> None:
         check_choices(self)
-        positive(self, "batch_size")
+        positive(self, "batch_size", "window")
         non_negative(self, "seq_length", "burn_in")
+        if self.sampling == "windowed" and (self.dynamic or self.burn_in):
+            raise ConfigError("windowed evaluation reads every window from a fresh state: drop --dynamic and "
+                              "--burn-in")
         if self.dynamic and (not (self.dynamic_lr > 0 and math.isfinite(self.dynamic_lr))
                              or not 0 <= self.dynamic_decay < 1):
             raise ConfigError("--dynamic needs --dynamic-lr > 0 (finite) and --dynamic-decay in [0, 1)")
@@ -85,6 +93,8 @@ class EvalConfig:
         """Settings given that this evaluation would not use are refused (they would silently do nothing)."""
         if self.dynamic and {"batch_size", "burn_in"} & set(given):
             raise ConfigError("--dynamic reads the file as one stream: drop --batch-size and --burn-in")
+        if "window" in given and self.sampling != "windowed":
+            raise ConfigError("--window sets windowed evaluation: add --sampling windowed")
         dynamic_only = [f"--{name.replace('_', '-')}" for name in ("dynamic_lr", "dynamic_decay") if name in given]
         if dynamic_only and not self.dynamic:
             raise ConfigError(f"{' and '.join(dynamic_only)} set dynamic evaluation: add --dynamic")
