@@ -441,7 +441,8 @@ def _default_model() -> Path:
     log.info("no checkpoint given: training a small model on the embedded corpus for %.0f minutes (once; "
              "cached in %s)", DEFAULT_MODEL_MINUTES, folder)
     config = build_run_config(None, {"model": {"hidden_size": 256}, "train": {
-        "max_minutes": DEFAULT_MODEL_MINUTES, "checkpoint_dir": str(folder), "eval_every": 250, "keep_last": 1}})
+        "max_minutes": DEFAULT_MODEL_MINUTES, "checkpoint_dir": str(folder), "eval_every": 250, "keep_last": 1,
+        "overwrite": True}})  # (a first attempt that was stopped before its first checkpoint is started over)
     train(config, progress_bar=False)
     return folder
 
