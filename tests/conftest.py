@@ -40,6 +40,25 @@ def tiny_config(checkpoint_dir, data=None, cell="lstm", max_steps=20, **train_ov
                      TrainConfig(**train))
 
 
+def rewrite_checkpoint(file, edit, checksum=True) -> None:
+    """A crafted checkpoint: `edit(document, tensors)` changes a real one in place; its checksum is
+    recomputed unless told not to (so the later checks are reached)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from rnnlab.training.checkpoint import METADATA_KEY, content_checksums
+
+    with safe_open(str(file), framework="pt") as handle:
+        document = json.loads(handle.metadata()[METADATA_KEY])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    edit(document, tensors)
+    if checksum:
+        document["checksum"] = content_checksums(tensors)
+    save_file(tensors, str(file), metadata={METADATA_KEY: json.dumps(document)})
+
+
 class StopAfter(StopRequest):
     """Asks to stop after `n` polls, like a Ctrl-C arriving mid-run."""
 

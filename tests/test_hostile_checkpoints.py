@@ -12,12 +12,10 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_config
-from safetensors import safe_open
-from safetensors.torch import save_file
+from conftest import rewrite_checkpoint, tiny_config
 
 from rnnlab.cli import main
-from rnnlab.training.checkpoint import METADATA_KEY, content_checksums, load_checkpoint, read_pointer
+from rnnlab.training.checkpoint import load_checkpoint, read_pointer
 from rnnlab.training.loop import train
 
 
@@ -36,14 +34,7 @@ def crafted(tmp_path, base_run):
     def make(edit, checksum=True):
         folder = tmp_path / "run"
         shutil.copytree(base_run, folder)
-        file = folder / read_pointer(folder, "last")["file"]
-        with safe_open(str(file), framework="pt") as handle:
-            document = json.loads(handle.metadata()[METADATA_KEY])
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        edit(document, tensors)
-        if checksum:
-            document["checksum"] = content_checksums(tensors)
-        save_file(tensors, str(file), metadata={METADATA_KEY: json.dumps(document)})
+        rewrite_checkpoint(folder / read_pointer(folder, "last")["file"], edit, checksum)
         return folder
     return make
 
