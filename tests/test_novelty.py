@@ -79,3 +79,15 @@ def test_the_command_checks_a_checkpoints_own_sample_and_a_file(capsys, trained_
     assert f"{len(corpus[2]) + 1} characters" in out or f"{len(corpus[2])} characters" in out
     assert main(["novelty", str(sample), str(corpus[0]), "--ngrams", "ten"]) == 1
     assert "ngrams look like" in capsys.readouterr().err
+
+
+def test_word_ngrams_count_words_and_keep_the_text_whole(tmp_path):
+    text = "the cat sat on the mat and the dog ran off\n" * 20 + "zebra quagga\n"
+    (tmp_path / "w.txt").write_text(text, encoding="utf-8")
+    index = build_index(tmp_path / "w.txt", tmp_path / "cache")
+    sample = "yak yak the cat sat on the mat yak"
+    report = novelty(index, sample, (2, 6), words=True, min_passage=3)
+    assert report.unit == "words" and report.longest == "the cat sat on the mat"  # (it starts lines there)
+    grams = sample.split()
+    assert report.shares[2] == pytest.approx(5 / (len(grams) - 1))  # the five word pairs of "the cat ... mat"
+    assert report.shares[6] == pytest.approx(1 / (len(grams) - 5)) and report.passages == ["the cat sat on the mat"]

@@ -87,14 +87,14 @@ def novelty(index: TextIndex, sample: str, ngrams: tuple[int, ...], words: bool 
     """How much of `sample` is in the indexed text (see the module's docstring)."""
     pieces = _pieces(sample, words)
     encoded = [p.encode("utf-8") for p in pieces]
-    matches = _matching_lengths(index, encoded)
+    matches = _matching_lengths(index, encoded, words)
     best = int(np.argmax(matches)) if matches else 0
-    longest = "".join(pieces[best:best + matches[best]]) if matches else ""
+    longest = _span(pieces, best, matches[best], words) if matches else ""
     shares = {}
     for n in ngrams:
         starts = range(len(pieces) - n + 1)
         shares[n] = (sum(matches[i] >= n for i in starts) / len(starts)) if len(starts) > 0 else 0.0
-    return NoveltyReport(len(sample), longest, shares, _passages(pieces, matches, passages, min_passage),
+    return NoveltyReport(len(sample), longest, shares, _passages(pieces, matches, passages, min_passage, words),
                          "words" if words else "characters")
 
 
@@ -103,18 +103,27 @@ def _pieces(sample: str, words: bool) -> list[str]:
     return re.findall(r"\s*\S+", sample) if words else list(sample)
 
 
-def _matching_lengths(index: TextIndex, pieces: list[bytes]) -> list[int]:
-    """For every position i, the most pieces from i on that occur together in the text."""
+def _matching_lengths(index: TextIndex, pieces: list[bytes], words: bool = False) -> list[int]:
+    """For every position i, the most pieces from i on that occur together in the text. (Words are
+    matched without the whitespace before the first: a copied phrase may start a line in the text.)"""
     lengths, length = [], 0
     for i in range(len(pieces)):
         length = max(length - 1, 0)  # what matched from i - 1 still matches from i, minus its first piece
-        while i + length < len(pieces) and index.occurs(b"".join(pieces[i:i + length + 1])):
+        while i + length < len(pieces):
+            pattern = b"".join(pieces[i:i + length + 1])
+            if not index.occurs(pattern.lstrip() if words else pattern):
+                break
             length += 1
         lengths.append(length)
     return lengths
 
 
-def _passages(pieces: list[str], matches: list[int], count: int, min_length: int) -> list[str]:
+def _span(pieces: list[str], start: int, length: int, words: bool) -> str:
+    text = "".join(pieces[start:start + length])
+    return text.lstrip() if words else text
+
+
+def _passages(pieces: list[str], matches: list[int], count: int, min_length: int, words: bool) -> list[str]:
     """The longest copied stretches, none overlapping another, at least `min_length` pieces long."""
     taken, chosen = np.zeros(len(pieces), dtype=bool), []
     for i in sorted(range(len(matches)), key=lambda i: -matches[i]):
@@ -122,5 +131,5 @@ def _passages(pieces: list[str], matches: list[int], count: int, min_length: int
             break
         if not taken[i:i + matches[i]].any():
             taken[i:i + matches[i]] = True
-            chosen.append("".join(pieces[i:i + matches[i]]))
+            chosen.append(_span(pieces, i, matches[i], words))
     return chosen

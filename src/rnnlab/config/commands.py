@@ -155,7 +155,7 @@ class InspectConfig:
     json: bool = setting(False, "print one JSON object (the whole config included)")
 
     def validate(self) -> None:
-        pass
+        """One on/off flag: nothing can be out of range."""
 
 
 @dataclass

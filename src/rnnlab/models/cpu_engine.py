@@ -26,6 +26,7 @@ Dimension legend: B = batch, V = vocabulary, H = hidden units, G = gates, L = la
 
 from __future__ import annotations
 
+import abc
 import functools
 import warnings
 
@@ -39,7 +40,7 @@ from rnnlab.models.qrnn import POOLING_GATES
 F32 = np.float32
 
 
-class _StepEngine:
+class _StepEngine(abc.ABC):
     """What the engines share: the model they re-express, the int8 choice, and reading prompts with the
     model's own fused forward. Same interface as the model for sampling: vocab_size, init_state,
     prime, step."""
@@ -73,8 +74,9 @@ class _StepEngine:
             logits, _, model_state = self._model(tokens.cpu(), model_state)
         return logits[:, -1], self.from_model_state(model_state)
 
+    @abc.abstractmethod
     def from_model_state(self, state):
-        raise NotImplementedError
+        """The engine's state (the model's, plus what the engine keeps) from a model state."""
 
 
 class CpuStepEngine(_StepEngine):

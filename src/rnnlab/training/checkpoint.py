@@ -31,7 +31,7 @@ from rnnlab.data.vocab import Vocab, vocab_from_dict
 from rnnlab.errors import CheckpointError, RnnlabError
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.models.size import meta_model
-from rnnlab.training.state import is_checkpoint_file_name
+from rnnlab.training.state import is_checkpoint_file_name, numbered
 
 FORMAT_VERSION = 2  # 2: a content checksum of the tensors
 METADATA_KEY = "rnnlab"
@@ -105,8 +105,8 @@ class Checkpoint:
         return _unflatten_optimizer(self.optimizer_meta, self.tensors)
 
     def prefixed(self, prefix: str) -> list[torch.Tensor]:
-        keys = sorted((k for k in self.tensors if k.startswith(prefix)), key=lambda k: int(k.rsplit(".", 1)[1]))
-        return [self.tensors[k] for k in keys]
+        """The tensors named prefix0, prefix1, ... in order (state.numbered: exactly those, or an error)."""
+        return numbered(self.tensors, prefix, prefix.rstrip("."))
 
 
 def checkpoint_name(cell: str, epoch: float, val_loss: float) -> str:
