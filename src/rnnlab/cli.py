@@ -31,6 +31,7 @@ from rnnlab.config import (
     SampleConfig,
     SchemesExperimentConfig,
     ServeConfig,
+    SweepConfig,
     TrainConfig,
     add_flags,
     build_run_config,
@@ -99,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                             parents=[quiet])
     add_flags(p, "matrix", MatrixConfig)
     p.set_defaults(handler=cmd_matrix)
+
+    p = commands.add_parser("sweep", help="a hyperparameter search on Optuna, each trial a normal run; report and "
+                                          "plots", parents=[quiet])
+    p.add_argument("data", metavar="DATA", nargs="?", default=None,
+                   help="UTF-8 text file or folder with input.txt (default: embedded tinyshakespeare)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(p, "sweep", SweepConfig)
+    p.set_defaults(handler=cmd_sweep)
 
     p = commands.add_parser("serve", help="a web page and JSON API that auto-complete text with trained models",
                             parents=[quiet])
@@ -349,6 +358,40 @@ def cmd_experiment_schemes(args) -> int:
     print((out / "summary.md").read_text(encoding="utf-8"))
     print(f"written: {out / 'table4.md'}, {out / 'fig9.png'}, {out / 'summary.md'}")
     return 0
+
+
+# --- sweep ---------------------------------------------------------------------------------------
+
+def cmd_sweep(args) -> int:
+    from rnnlab.experiments.sweep import SweepInterrupted, prepare_sweep, run_sweep
+
+    config = build_section(SweepConfig, overrides_from_args(args).get("sweep", {}))
+    try:
+        import matplotlib  # noqa: F401
+        import tomli_w  # noqa: F401
+    except ImportError:
+        raise RnnlabError("rnnlab sweep writes its preset and plots with tomli-w and matplotlib: "
+                          "pip install 'rnnlab[sweep]'") from None
+    sweep = prepare_sweep(config, args.data)
+    interrupted = False
+    try:
+        study = run_sweep(sweep, progress_bar=not args.no_progress and not args.quiet, verbose=not args.quiet)
+    except SweepInterrupted as exc:
+        interrupted, study = str(exc), None
+    written = _sweep_outputs(sweep, study)
+    if interrupted:
+        print(f"rnnlab: interrupted: {interrupted}", file=sys.stderr)
+        return 130
+    print((sweep.out / "report.md").read_text(encoding="utf-8").split("\n## ")[0].rstrip())
+    print(f"written: {', '.join(str(path) for path in written.values())}")
+    return 0
+
+
+def _sweep_outputs(sweep, study) -> dict:
+    from rnnlab.experiments.sweep import open_study
+    from rnnlab.experiments.sweep_report import write_outputs
+
+    return write_outputs(sweep, study or open_study(sweep, worker=0))
 
 
 # --- matrix --------------------------------------------------------------------------------------

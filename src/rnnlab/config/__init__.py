@@ -18,6 +18,7 @@ from rnnlab.config.commands import (
     SampleConfig,
     SchemesExperimentConfig,
     ServeConfig,
+    SweepConfig,
     parse_architectures,
 )
 from rnnlab.config.fields import (
@@ -45,7 +46,7 @@ from rnnlab.config.run import (
 )
 
 __all__ = ["PAPER_ARCHITECTURE", "SCHEMES", "WINDOWED_SCHEMES", "DataConfig", "EvalConfig", "InspectConfig", "MatrixConfig", "NoveltyConfig", "PlotConfig", "ModelConfig",
-           "RunConfig", "SampleConfig", "SchemesExperimentConfig", "ServeConfig", "TrainConfig", "add_flags",
+           "RunConfig", "SampleConfig", "SchemesExperimentConfig", "ServeConfig", "SweepConfig", "TrainConfig", "add_flags",
            "build_run_config", "build_section", "load_toml", "marked", "merge", "overrides_from_args",
            "parse_architectures", "scheme_settings", "sections", "setting", "unused_section_settings",
            "unused_settings"]

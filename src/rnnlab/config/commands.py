@@ -240,6 +240,59 @@ class MatrixConfig:
 
 
 @dataclass
+class SweepConfig:
+    """`rnnlab sweep`: a hyperparameter search on Optuna, each trial a normal run (the blog's odyssey)."""
+    space: str = setting("", "the search space: a TOML file of config fields and their distributions, or 'blog' "
+                             "(the blog's six knobs: batch size, learning rate, width, dropout, depth, state "
+                             "resets, sized to this machine)", required=True)
+    out: str = setting("", "the sweep's folder: its study (sweep.db), every trial's run, the report and plots",
+                       required=True, is_path=True)
+    config: str | None = setting(None, "the preset every trial starts from (default: rnnlab's defaults)",
+                                 is_path=True)
+    sampler: str = setting("tpe", "tpe: Optuna's Bayesian search; random; grid: every combination of the space's "
+                                  "values (one knob gives the blog's one-at-a-time comparison)",
+                           choices=("tpe", "random", "grid"))
+    trials: int = setting(20, "trials in the study (a grid has at most its number of combinations)")
+    max_minutes: float = setting(0.0, "start no trial after this many minutes of this command (0 = no limit)")
+    trial_minutes: float = setting(3.0, "training minutes per trial (the blog's lesson: rough values with a "
+                                        "small budget first)")
+    trial_steps: int = setting(0, "optimizer steps per trial instead of minutes (0 = --trial-minutes)")
+    validations: int = setting(10, "validations per trial, spread evenly over its budget: the points where "
+                                   "trials are compared and pruned")
+    pruner: str = setting("median", "stop a trial early whose validation is worse than the others' at the same "
+                                    "point: median, hyperband, or none", choices=("median", "hyperband", "none"))
+    prune_after: int = setting(4, "finished trials before the median pruner prunes anything")
+    storage: str | None = setting(None, "the study's SQLAlchemy URL, e.g. postgresql://user:pass@host/db, shared "
+                                        "by workers on several machines (default: sqlite in --out)")
+    study: str = setting("rnnlab", "the study's name in its storage")
+    workers: int = setting(1, "worker processes on this machine, sharing the study (each gets a share of the "
+                                  "cores)")
+    heartbeat: int = setting(10, "seconds between a running trial's heartbeats; a trial silent for 3 of them "
+                                 "(its worker died) is marked failed and run again from its last checkpoint")
+    seed: int = setting(0, "seed of the sampler (each worker adds its index); every trial trains with the "
+                           "preset's seed")
+
+    def validate(self) -> None:
+        check_choices(self)
+        check_seed(self.seed)
+        positive(self, "trials", "validations", "workers", "heartbeat")
+        non_negative(self, "max_minutes", "trial_minutes", "trial_steps", "prune_after")
+        if not (self.trial_minutes or self.trial_steps):
+            raise ConfigError("give --trial-minutes or --trial-steps a positive value")
+        if self.trial_steps and self.trial_steps < self.validations:
+            raise ConfigError(f"--trial-steps ({self.trial_steps}) must be at least --validations "
+                              f"({self.validations})")
+
+    def budget(self) -> dict:
+        """The train settings that give every trial the same budget and the same validation points."""
+        if self.trial_steps:
+            return {"max_steps": self.trial_steps, "max_minutes": 0.0, "eval_every_minutes": 0.0,
+                    "eval_every": self.trial_steps // self.validations}
+        return {"max_minutes": self.trial_minutes, "max_steps": 0,
+                "eval_every_minutes": self.trial_minutes / self.validations}
+
+
+@dataclass
 class ServeConfig:
     host: str = setting("127.0.0.1", "address to bind (loopback unless told otherwise)")
     port: int = setting(8000, "TCP port")

@@ -57,11 +57,11 @@ def section_from_dict(section_type: type, raw: dict, where: str) -> Any:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(unknown)}")
-    values = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
+    values = {key: coerce_value(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
     return section_type(**values)
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def coerce_value(value: Any, annotation: Any, where: str) -> Any:
     """Check a TOML/JSON value against a field's type (ints are accepted where floats are)."""
     base, optional = unwrap_optional(annotation)
     if value is None and optional:

@@ -227,6 +227,10 @@ class TrainConfig:
     max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)", resumable=True)
     max_minutes: float = setting(0.0, "stop after this many minutes of training (0 = no limit)", resumable=True)
     eval_every: int = setting(500, "validate on the whole val split and checkpoint every N steps", resumable=True)
+    eval_every_minutes: float = setting(0.0, "validate and checkpoint every N minutes of training instead of every "
+                                             "--eval-every steps (0 = by steps); a sweep's time-budgeted trials use "
+                                             "it so that the k-th validation of every trial falls at the same time",
+                                        resumable=True)
     eval_batch_size: int = setting(64, "parallel streams when validating")
     log_every: int = setting(50, "write a train-loss line to the run log every N steps", resumable=True)
     checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written", resumable=True,
@@ -269,7 +273,8 @@ class TrainConfig:
             raise ConfigError("random windows are unrelated to each other: use --state zero or learned")
         positive_float(self, "learning_rate", "decay_rate", "max_epochs")
         non_negative(self, "warmup_steps", "decay_after", "max_steps", "max_minutes", "grad_clip",
-                      "weight_decay", "loss_guard", "sample_length", "threads", "preview_length")
+                      "weight_decay", "loss_guard", "sample_length", "threads", "preview_length",
+                      "eval_every_minutes")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.min_lr_frac <= 1.0:

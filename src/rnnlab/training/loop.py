@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ log = logging.getLogger("rnnlab")
 
 OVERFIT_GAP = 0.10  # nats/char: val this far above train suggests overfitting (char-rnn's tip)
 UNDERFIT_GAP = 0.02  # nats/char: val this close to train suggests underfitting
+STOPPED_AFTER_VALIDATION = "stopped after validation"  # the reason when train()'s after_validation ends a run
 
 
 class TrainingDiverged(RnnlabError):
@@ -70,16 +72,23 @@ class TrainResult:
     num_parameters: int = 0
 
 
+ValidationHook = Callable[[Run, EvalResult], bool]
+
+
 def train(run: Run | RunConfig, *, resume: str | Path | None = None, init_from: str | Path | None = None,
-          stop: StopRequest | None = None, progress_bar: bool = True) -> TrainResult:
-    """Train a Run (from resolve_run); a RunConfig, with `resume` or `init_from`, is resolved first."""
+          stop: StopRequest | None = None, progress_bar: bool = True,
+          after_validation: ValidationHook | None = None) -> TrainResult:
+    """Train a Run (from resolve_run); a RunConfig, with `resume` or `init_from`, is resolved first.
+
+    after_validation(run, result) is called after every scheduled validation, once its checkpoint is
+    written; returning True stops the run there (a sweep's pruner does this)."""
     if not isinstance(run, Run):
         run = resolve_run(run, resume=resume, init_from=init_from)
     with torch_threads(run.config.train.threads):
-        return _train(run, stop or StopRequest(), progress_bar)
+        return _train(run, stop or StopRequest(), progress_bar, after_validation)
 
 
-def _train(run: Run, stop: StopRequest, progress_bar: bool) -> TrainResult:
+def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: ValidationHook | None) -> TrainResult:
     tc, prog = run.config.train, run.progress
     run.folder.mkdir(parents=True, exist_ok=True)
     _log_start(run)
@@ -99,13 +108,15 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool) -> TrainResult:
                            "train_loss": train_loss, "lr": lr, "tokens_per_s": meter.rate(),
                            "elapsed": meter.elapsed()})
                 meter.restart_window()
-            if prog.step % tc.eval_every == 0:
+            if validation_due(tc, prog, meter.elapsed()):
                 prog.elapsed = meter.elapsed()
                 with saver.weights_to_save() as raw:  # (NT-ASGD validates and saves its averaged weights)
                     result = saver.validate(prog)
                     update_schedules(run, result.nats_per_token)
                     saver.save(prog, result, raw)
                 saved_at = prog.step
+                if after_validation is not None and after_validation(run, result):
+                    stop.request(STOPPED_AFTER_VALIDATION)
         if stop.requested:
             log.info("%s: writing a checkpoint", stop.reason)
         prog.elapsed = meter.elapsed()
@@ -140,6 +151,14 @@ def train_batch(run: Run, elapsed: float) -> tuple[float, float]:
     prog.first_loss = prog.first_loss if prog.first_loss is not None else train_loss
     _guard(train_loss, prog.first_loss, tc.loss_guard, prog.step, run.folder)
     return train_loss, lr
+
+
+def validation_due(tc, prog: Progress, elapsed: float) -> bool:
+    """Every eval_every steps, or with eval_every_minutes every so many minutes of training (counted by
+    the scheduled validations done, so a resumed run keeps the same times)."""
+    if tc.eval_every_minutes:
+        return elapsed >= (len(prog.val_losses) + 1) * tc.eval_every_minutes * 60.0
+    return prog.step % tc.eval_every == 0
 
 
 def update_schedules(run: Run, val_loss: float) -> None:
