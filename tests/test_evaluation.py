@@ -115,3 +115,12 @@ def test_windowed_evaluation_predicts_each_token_from_its_window_only():
             expected -= torch.log_softmax(logits[0, -1], -1)[tokens[t]].item()
     assert abs(windowed.total_nats - expected) < 1e-3 and windowed.tokens == len(tokens) - 1
     assert windowed.total_nats != whole.total_nats
+    for burn_in in (3, 5, 12):  # the tokens a progressive evaluation with this burn-in scores, each windowed
+        scored = evaluate_windowed(model, tokens, window=5, batch_size=4, burn_in=burn_in)
+        expected = 0.0
+        with torch.inference_mode():
+            for t in range(burn_in, len(tokens)):
+                logits, _, _ = model(torch.tensor(tokens[max(0, t - 5):t])[None])
+                expected -= torch.log_softmax(logits[0, -1], -1)[tokens[t]].item()
+        assert abs(scored.total_nats - expected) < 1e-3 and scored.tokens == len(tokens) - burn_in
+        assert scored.tokens == evaluate_tokens(model, tokens, batch_size=1, seq_length=16, burn_in=burn_in).tokens

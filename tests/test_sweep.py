@@ -21,9 +21,9 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("tomli_w")
 
 from rnnlab.cli import main  # noqa: E402
-from rnnlab.config import RunConfig, SweepConfig  # noqa: E402
+from rnnlab.config import RunConfig, SweepConfig, build_run_config  # noqa: E402
 from rnnlab.errors import ConfigError  # noqa: E402
-from rnnlab.experiments.space import parse_space, sweepable_fields  # noqa: E402
+from rnnlab.experiments.space import nested, parse_space, sweepable_fields  # noqa: E402
 from rnnlab.experiments.sweep import open_study, prepare_sweep, run_sweep  # noqa: E402
 from rnnlab.experiments.sweep_report import curves_figure, trial_rows, write_outputs  # noqa: E402
 
@@ -120,7 +120,11 @@ def study_of(out: Path):
 def space_of(text: str, tmp_path):
     from rnnlab.config.fields import tomllib
 
-    return parse_space(tomllib.loads(text), RunConfig())
+    return parse_space(tomllib.loads(text), defaults_with)
+
+
+def defaults_with(values: dict) -> RunConfig:
+    return build_run_config(None, nested(values))
 
 
 def test_a_space_with_every_distribution_parses_and_samples_within_it(tmp_path):
@@ -189,11 +193,11 @@ def test_a_grid_needs_the_values_of_a_float(files, tmp_path, capsys):
 def test_the_blog_space_has_the_six_knobs_sized_to_the_machine():
     from rnnlab.experiments.space import load_space
 
-    knobs = {k.name: k for k in load_space("blog", RunConfig(), "cpu")}
+    knobs = {k.name: k for k in load_space("blog", defaults_with, "cpu")}
     assert set(knobs) == {"train.batch_size", "train.learning_rate", "model.hidden_size", "model.dropout",
                           "model.num_layers", "train.reset_every"}
     assert max(knobs["model.hidden_size"].choices) < max(
-        {k.name: k for k in load_space("blog", RunConfig(), "cuda")}["model.hidden_size"].choices)
+        {k.name: k for k in load_space("blog", defaults_with, "cuda")}["model.hidden_size"].choices)
     assert all(r % RunConfig().train.seq_length == 0 for r in knobs["train.reset_every"].choices)
 
 

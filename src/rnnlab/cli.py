@@ -22,6 +22,7 @@ from tqdm import tqdm
 from rnnlab.config import (
     DataConfig,
     EvalConfig,
+    GridExperimentConfig,
     InspectConfig,
     MatrixConfig,
     ModelConfig,
@@ -95,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data", metavar="DATA", nargs="?", default=None, help="text file (default: embedded corpus)")
     add_flags(e, "experiment", SchemesExperimentConfig, skip=("data",))
     e.set_defaults(handler=cmd_experiment_schemes)
+    e = experiments.add_parser("grid", parents=[quiet],
+                               help="the paper's experiment grid: architectures x schemes, schemes x corpora, k2 "
+                                    "against time, repeats; each scheme scored the way it samples")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(e, "grid", GridExperimentConfig)
+    e.set_defaults(handler=cmd_experiment_grid)
 
     p = commands.add_parser("matrix", help="every model evaluated on every corpus (the blog's cross-dataset table)",
                             parents=[quiet])
@@ -357,6 +364,28 @@ def cmd_experiment_schemes(args) -> int:
     out = Path(settings.out)
     print((out / "summary.md").read_text(encoding="utf-8"))
     print(f"written: {out / 'table4.md'}, {out / 'fig9.png'}, {out / 'summary.md'}")
+    return 0
+
+
+def cmd_experiment_grid(args) -> int:
+    from rnnlab.experiments.grid import run_grid
+    from rnnlab.experiments.sweep import SweepInterrupted
+
+    config = build_section(GridExperimentConfig, overrides_from_args(args).get("grid", {}))
+    try:
+        import matplotlib  # noqa: F401
+        import optuna  # noqa: F401
+    except ImportError:
+        raise RnnlabError("rnnlab experiment grid runs on Optuna and draws with matplotlib: "
+                          "pip install 'rnnlab[sweep]'") from None
+    try:
+        run_grid(config, progress_bar=not args.no_progress and not args.quiet, verbose=not args.quiet)
+    except SweepInterrupted as exc:
+        print(f"rnnlab: interrupted: {exc}", file=sys.stderr)
+        return 130
+    out = Path(config.out)
+    print((out / "grid.md").read_text(encoding="utf-8").split("\n## Final")[0].rstrip())
+    print(f"written: {out / 'grid.md'}, {out / 'grid.json'} and the figures in {out}")
     return 0
 
 

@@ -116,26 +116,32 @@ def evaluate_tokens(model, tokens: np.ndarray, batch_size: int = 64, seq_length:
 
 
 def evaluate_windowed(model, tokens: np.ndarray, window: int, batch_size: int = 64,
-                      device: torch.device | str = "cpu", char_lengths: np.ndarray | None = None) -> EvalResult:
+                      device: torch.device | str = "cpu", char_lengths: np.ndarray | None = None,
+                      burn_in: int = 0) -> EvalResult:
     """Every token predicted from the `window` tokens before it only, read from the model's initial
     state — how a model trained with the paper's scheme 1 or 2 is used when it samples windowed.
-    (Tokens near the start have the shorter context there is.) Costs `window` steps per token."""
+    (Tokens near the start have the shorter context there is.) Costs `window` steps per token.
+    `burn_in` scores tokens[burn_in:] only, as evaluate_tokens does: the same tokens a progressive
+    evaluation with that burn-in scores (and, with burn_in >= window, each with its whole window)."""
     n = len(tokens)
-    if n < 2:
-        raise CorpusError("evaluation needs at least two tokens")
+    first = max(1, burn_in)
+    if n - first < 1:
+        raise CorpusError("evaluation needs at least two tokens" if burn_in <= 1 else
+                          f"evaluation needs more than the {burn_in} tokens of burn-in")
     ids = np.asarray(tokens, dtype=np.int64)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             total = sum(_last_token_nats(model, ids[:t][None, :], ids[t:t + 1], device)
-                        for t in range(1, min(window, n)))  # the first tokens: what context they have
+                        for t in range(first, min(window, n)))  # the first tokens: what context they have
             windows = (np.lib.stride_tricks.sliding_window_view(ids, window + 1) if n > window
                        else np.zeros((0, window + 1), dtype=np.int64))  # (n - window, window + 1)
+            windows = windows[max(0, first - window):]  # (row i predicts token i + window)
             for begin in range(0, len(windows), batch_size):
                 chunk = windows[begin:begin + batch_size]
                 total += _last_token_nats(model, chunk[:, :-1], chunk[:, -1], device)
-        return EvalResult(total, n - 1, scored_characters(char_lengths, 1))
+        return EvalResult(total, n - first, scored_characters(char_lengths, first))
     finally:
         model.train(was_training)
 

@@ -11,6 +11,7 @@ commands.py: sampling, evaluation, serving and the schemes experiment.
 
 from rnnlab.config.commands import (
     EvalConfig,
+    GridExperimentConfig,
     InspectConfig,
     MatrixConfig,
     NoveltyConfig,
@@ -45,7 +46,7 @@ from rnnlab.config.run import (
     unused_settings,
 )
 
-__all__ = ["PAPER_ARCHITECTURE", "SCHEMES", "WINDOWED_SCHEMES", "DataConfig", "EvalConfig", "InspectConfig", "MatrixConfig", "NoveltyConfig", "PlotConfig", "ModelConfig",
+__all__ = ["PAPER_ARCHITECTURE", "SCHEMES", "WINDOWED_SCHEMES", "DataConfig", "EvalConfig", "GridExperimentConfig", "InspectConfig", "MatrixConfig", "NoveltyConfig", "PlotConfig", "ModelConfig",
            "RunConfig", "SampleConfig", "SchemesExperimentConfig", "ServeConfig", "SweepConfig", "TrainConfig", "add_flags",
            "build_run_config", "build_section", "load_toml", "marked", "merge", "overrides_from_args",
            "parse_architectures", "scheme_settings", "sections", "setting", "unused_section_settings",

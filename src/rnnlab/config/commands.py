@@ -138,6 +138,78 @@ class SchemesExperimentConfig:
         return parse_architectures(self.curve_architecture)[0]
 
 
+@dataclass
+class GridExperimentConfig:
+    """`rnnlab experiment grid`: the paper's experiment grid, each part a grid of runs on the sweep machinery."""
+    data: list[str] = setting([], "NAME=PATH: a corpus (once per corpus; default: the embedded tinyshakespeare)",
+                              flag="corpus")
+    out: str = setting("", "folder for grid.md, grid.json, the figures and every run", required=True, is_path=True)
+    parts: str = setting("architectures,schemes,k2", "which parts: architectures (Figs. 7/8: r x gamma against "
+                                                     "schemes), schemes (Figs. 9/10), k2 (Fig. 11: k2 against "
+                                                     "wall time)")
+    schemes: str = setting("1,2,3,4", "the schemes of the schemes and k2 parts")
+    architecture_schemes: str = setting("1,2", "the schemes of the architectures part (the paper's Figs. 7 and 8)")
+    architectures: str = setting("1x128,1x512,2x128,2x512", "r x gamma models of the architectures part")
+    curve_architecture: str = setting("1x512", "the r x gamma model of the schemes and k2 parts (the paper's best)")
+    k1: str = setting("20,40,60,80,100", "k1 values: one line each per plot")
+    k2: int = setting(100, "k2 of the architectures and schemes parts")
+    k2_values: str = setting("20,40,60,80,100", "k2 values of the k2 part; each with k1 = k2, 2k2/3 and k2/3")
+    k2_corpus: str = setting("", "the corpus of the k2 part (default: the last --corpus; the paper used Music)")
+    repeats: int = setting(1, "runs of every configuration with seeds seed, seed+1, ...: the spread is shown")
+    steps: int = setting(200, "training batches per run (the paper: 12,800)")
+    points: int = setting(8, "log-spaced points at which each run is scored on the test text")
+    batch_size: int = setting(64, "sequences per batch (the paper: 64)")
+    test_chars: int = setting(11_100, "characters of each corpus's test text (its end; the paper: 11,100)")
+    workers: int = setting(1, "worker processes sharing the runs")
+    seed: int = setting(1234, "the first seed")
+
+    def validate(self) -> None:
+        positive(self, "k2", "repeats", "steps", "points", "batch_size", "test_chars", "workers")
+        check_seed(self.seed)
+        unknown = sorted(set(self.part_names()) - {"architectures", "schemes", "k2"})
+        if unknown or not self.part_names():
+            raise ConfigError(f"--parts takes architectures, schemes and k2 (comma-separated); got {self.parts!r}")
+        for name in ("schemes", "architecture_schemes"):
+            if not set(self.numbers(name)) <= {1, 2, 3, 4} or not self.numbers(name):
+                raise ConfigError(f"--{name.replace('_', '-')} takes schemes 1-4, e.g. 1,2,3,4")
+        self.numbers("k1")
+        self.numbers("k2_values")
+        parse_architectures(self.architectures)
+        parse_architectures(self.curve_architecture)
+        if max(self.numbers("k1")) > self.k2:
+            raise ConfigError(f"every k1 must be <= k2 ({self.k2}); got {self.k1}")
+        corpora = self.corpora()
+        if self.k2_corpus and self.k2_corpus not in corpora:
+            raise ConfigError(f"--k2-corpus {self.k2_corpus!r} is none of the corpora: {', '.join(corpora)}")
+
+    def part_names(self) -> list[str]:
+        return [p.strip() for p in self.parts.split(",") if p.strip()]
+
+    def numbers(self, name: str) -> list[int]:
+        try:
+            values = [int(v) for v in getattr(self, name).split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--{name.replace('_', '-')} takes comma-separated integers; got "
+                              f"{getattr(self, name)!r}") from None
+        if not values or min(values) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} takes positive integers; got {getattr(self, name)!r}")
+        return values
+
+    def corpora(self) -> dict[str, str | None]:
+        """NAME -> PATH (None: the embedded corpus)."""
+        if not self.data:
+            return {"tinyshakespeare": None}
+        items = {}
+        for item in self.data:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path or "/" in name:
+                raise ConfigError(f"--corpus takes NAME=PATH, got {item!r}")
+            if name in items:
+                raise ConfigError(f"two --corpus items are named {name!r}")
+            items[name] = path
+        return items
+
+
 def parse_architectures(text: str) -> tuple[tuple[int, int], ...]:
     """'1x128,2x512' -> ((1, 128), (2, 512))."""
     try:

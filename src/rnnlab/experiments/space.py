@@ -24,9 +24,9 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from rnnlab.config import RunConfig, merge, sections
+from rnnlab.config import RunConfig, sections
 from rnnlab.config.fields import coerce_value, load_toml, unwrap_optional
 from rnnlab.errors import ConfigError
 
@@ -91,13 +91,16 @@ def sweepable_fields() -> dict[str, Any]:
     return found
 
 
-def load_space(source: str, base: RunConfig, device: str) -> list[Knob]:
+ConfigFor = Callable[[dict], RunConfig]  # {"section.field": value} -> the run config it gives (validated)
+
+
+def load_space(source: str, config_for: ConfigFor, device: str) -> list[Knob]:
     """The knobs of a space file, or of the built-in 'blog' space, checked against the base preset."""
-    raw = blog_space(base, device) if source == "blog" else load_toml(source)
-    return parse_space(raw, base)
+    raw = blog_space(config_for({}), device) if source == "blog" else load_toml(source)
+    return parse_space(raw, config_for)
 
 
-def parse_space(raw: dict, base: RunConfig) -> list[Knob]:
+def parse_space(raw: dict, config_for: ConfigFor) -> list[Knob]:
     fields = sweepable_fields()
     specs = _flatten(raw)
     if not specs:
@@ -109,7 +112,7 @@ def parse_space(raw: dict, base: RunConfig) -> list[Knob]:
     knobs = [_knob(name, spec, fields[name]) for name, spec in specs.items()]
     for knob in knobs:
         for value in knob.extremes():
-            _check_value(base, knob, value)
+            _check_value(config_for, knob, value)
     return knobs
 
 
@@ -173,22 +176,20 @@ def _type_name(field_type: type) -> str:
         field_type, field_type.__name__)
 
 
-def _check_value(base: RunConfig, knob: Knob, value: Any) -> None:
+def _check_value(config_for: ConfigFor, knob: Knob, value: Any) -> None:
     try:
-        with_value(base, {knob.name: value})
+        config_for({knob.name: value})
     except ConfigError as exc:
         raise ConfigError(f"space: {knob.name} = {value!r} gives an invalid run: {exc}") from None
 
 
-def with_value(base: RunConfig, values: dict[str, Any]) -> RunConfig:
-    """The base config with these "section.field" values, validated."""
-    nested: dict = {}
+def nested(values: dict[str, Any]) -> dict:
+    """{"train.learning_rate": 0.002} -> {"train": {"learning_rate": 0.002}}: settings as the flags give them."""
+    settings: dict = {}
     for name, value in values.items():
         section, field_name = name.split(".", 1)
-        nested.setdefault(section, {})[field_name] = value
-    config = RunConfig.from_dict(merge(base.to_dict(), nested))
-    config.validate()
-    return config
+        settings.setdefault(section, {})[field_name] = value
+    return settings
 
 
 def blog_space(base: RunConfig, device: str) -> dict:

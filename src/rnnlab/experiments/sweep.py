@@ -22,17 +22,19 @@ import json
 import logging
 import multiprocessing
 import os
+import random
 import signal
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from rnnlab.config import RunConfig, SweepConfig, build_run_config, marked, merge, sections
 from rnnlab.data.corpus import prepare_from_config
 from rnnlab.errors import ConfigError, RnnlabError
-from rnnlab.experiments.space import Knob, load_space
+from rnnlab.experiments.space import Knob, load_space, nested
 from rnnlab.training.checkpoint import read_pointer
 from rnnlab.training.loop import STOPPED_AFTER_VALIDATION, StopRequest, TrainingDiverged, train
 from rnnlab.training.run import absolute_paths, resolve_run
@@ -60,11 +62,26 @@ def require_optuna() -> None:
 
 @dataclass
 class Sweep:
-    """What every worker of one sweep shares: its settings, base preset, knobs and study."""
+    """What every worker of one sweep shares: its settings, base preset (a TOML file and settings on top,
+    so that what a preset derives from a swept value, e.g. a scheme's settings, follows it), knobs and
+    corpus."""
     config: SweepConfig
-    base: RunConfig
+    preset: str | None
+    overrides: dict
     knobs: list[Knob]
     corpus_digest: str
+    # how a trial trains and what its value is, when not one run to its budget scored by validation bits/char
+    # (the paper's grid trains to log-spaced points, scoring each on the test text): (objective, trial, folder,
+    # values) -> value; it must pickle, for --workers
+    trainer: Callable | None = None
+
+    def run_config(self, values: dict) -> RunConfig:
+        """The config a trial with these {"section.field": value} values trains (validated)."""
+        return absolute_paths(build_run_config(self.preset, merge(self.overrides, nested(values))))
+
+    @property
+    def base(self) -> RunConfig:
+        return self.run_config({})
 
     @property
     def out(self) -> Path:
@@ -111,11 +128,12 @@ def placement(section: str) -> tuple[str, ...]:
 def prepare_sweep(config: SweepConfig, data: str | None) -> Sweep:
     """Base preset, space and corpus, each checked once before any trial runs."""
     require_optuna()
-    overrides = {"data": {"path": data}} if data else {}
+    overrides = absolute_paths({"data": {"path": data}} if data else {})
     base = absolute_paths(build_run_config(config.config, overrides))
-    knobs = load_space(config.space, base, select_device(base.train.device).type)
+    sweep = Sweep(config, config.config, overrides, [], "")
+    sweep.knobs = load_space(config.space, sweep.run_config, select_device(base.train.device).type)
     corpus = prepare_from_config(base.data)  # (a missing or bad corpus is one line here, not one per trial)
-    sweep = Sweep(config, base, knobs, corpus.meta["blake2b"])
+    sweep.corpus_digest = corpus.meta["blake2b"]
     if sweep.grid:
         sweep.grid_size()  # (a float knob without a step is refused here)
     return sweep
@@ -136,27 +154,38 @@ def run_sweep(sweep: Sweep, progress_bar: bool = True, verbose: bool = True) -> 
 
 
 def open_study(sweep: Sweep, worker: int) -> "optuna.Study":
-    config = sweep.config
     sweep.out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # (each trial gets our own line; a stopped one is no error)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    engine = {"connect_args": {"timeout": 60}} if sweep.storage_url.startswith("sqlite") else {}
-    try:
-        storage = optuna.storages.RDBStorage(
-            sweep.storage_url, engine_kwargs=engine, heartbeat_interval=config.heartbeat,
-            grace_period=3 * config.heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True))
-        study = optuna.create_study(study_name=config.study, storage=storage, direction="minimize",
-                                    pruner=make_pruner(config), load_if_exists=True)
-        study.sampler = make_sampler(sweep, worker, len(study.get_trials(deepcopy=False)))
-    except ImportError as exc:
-        raise RnnlabError(f"the storage {_shown_url(sweep.storage_url)} needs a database driver: {exc}") from None
-    except Exception as exc:  # SQLAlchemy's errors: a wrong URL, a server that is down, bad credentials
-        if type(exc).__module__.startswith(("sqlalchemy", "optuna")):
-            raise RnnlabError(f"cannot open the study in {_shown_url(sweep.storage_url)}: "
-                              f"{str(exc).splitlines()[0]}") from None
-        raise
+    # workers starting together may race to create the study's tables or the study itself: the loser
+    # finds them made when it tries again
+    for attempt in range(5):
+        try:
+            study = _create_study(sweep, worker)
+            break
+        except ImportError as exc:
+            raise RnnlabError(f"the storage {_shown_url(sweep.storage_url)} needs a database driver: {exc}") from None
+        except Exception as exc:  # SQLAlchemy's errors: a wrong URL, a server that is down, bad credentials
+            if not type(exc).__module__.startswith(("sqlalchemy", "optuna")):
+                raise
+            if attempt == 4 or "could not connect" in str(exc) or "unable to open" in str(exc):
+                raise RnnlabError(f"cannot open the study in {_shown_url(sweep.storage_url)}: "
+                                  f"{str(exc).splitlines()[0]}") from None
+            time.sleep(0.5 + random.random())
     check_same_sweep(study, sweep)
+    return study
+
+
+def _create_study(sweep: Sweep, worker: int):
+    config = sweep.config
+    engine = {"connect_args": {"timeout": 60}} if sweep.storage_url.startswith("sqlite") else {}
+    storage = optuna.storages.RDBStorage(
+        sweep.storage_url, engine_kwargs=engine, heartbeat_interval=config.heartbeat,
+        grace_period=3 * config.heartbeat,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True))
+    study = optuna.create_study(study_name=config.study, storage=storage, direction="minimize",
+                                pruner=make_pruner(config), load_if_exists=True)
+    study.sampler = make_sampler(sweep, worker, len(study.get_trials(deepcopy=False)))
     return study
 
 
@@ -166,7 +195,8 @@ def _shown_url(url: str) -> str:
     if not sep or "://" not in head:
         return url
     scheme, _, credentials = head.partition("://")
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{tail}"
+    user, has_password, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if has_password else ''}@{tail}"
 
 
 def check_same_sweep(study, sweep: Sweep) -> None:
@@ -293,6 +323,8 @@ class Objective:
         values = {knob.name: knob.suggest(trial, self.sweep.grid) for knob in self.sweep.knobs}
         trial.set_user_attr("folder", str(folder))
         try:
+            if self.sweep.trainer is not None:
+                return self.sweep.trainer(self, trial, folder, values)
             run = self.resolve(folder, values)
             result = train(run, stop=self.stop, progress_bar=False,
                            after_validation=lambda run, result: self.report(trial, run, result))
@@ -317,13 +349,10 @@ class Objective:
         if read_pointer(folder, "last"):  # a dead or stopped attempt of this trial: continue its run
             log.info("sweep: trial in %s continues from its last checkpoint", folder)
             return resolve_run(None, {"train": {"threads": self.threads}}, resume=folder)
-        nested: dict = {}
-        for name, value in values.items():
-            section, field_name = name.split(".", 1)
-            nested.setdefault(section, {})[field_name] = value
         trial_settings = {**self.sweep.config.budget(), "checkpoint_dir": str(folder), "overwrite": True,
                           "sample_length": 0, "threads": self.threads}
-        return resolve_run(self.sweep.base, merge(nested, {"train": trial_settings}))
+        return resolve_run(self.sweep.preset, merge(merge(self.sweep.overrides, nested(values)),
+                                                    {"train": trial_settings}))
 
     def report(self, trial, run, result) -> bool:
         """After each scheduled validation: its bits/char at its index; True stops a pruned trial."""
@@ -436,10 +465,14 @@ class TrialBar:
             return
         attrs = trial.user_attrs
         bits = attrs.get("bits_per_char")
-        shown = f"{bits:.4f} bits/char" if bits is not None else "no validation"
+        if "curve" in attrs:  # (a grid trial: scored on the test text at its points)
+            last = attrs["curve"][-1]
+            shown = f"test perplexity {last['perplexity']:.3f} after {last['steps']} batches"
+        else:
+            shown = (f"{bits:.4f} bits/char" if bits is not None else "no validation") + \
+                f" after {attrs.get('validations', 0)} validations"
         values = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-        line = (f"trial {number}: {attrs.get('outcome', trial.state.name.lower())}, {shown} after "
-                f"{attrs.get('validations', 0)} validations ({values})")
+        line = f"trial {number}: {attrs.get('outcome', trial.state.name.lower())}, {shown} ({values})"
         if attrs.get("outcome") in ("error", "diverged"):
             line += f": {attrs.get('message', '')}"
         if self.verbose:

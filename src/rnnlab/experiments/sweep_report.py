@@ -21,9 +21,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnnlab.experiments.space import Knob, with_value
+from rnnlab.config import load_toml, merge
+from rnnlab.experiments.space import Knob, nested
 from rnnlab.experiments.sweep import Sweep, read_log, superseded_numbers
 from rnnlab.training.checkpoint import atomic_write, read_pointer
+from rnnlab.training.run import absolute_paths
 
 FINISHED = ("complete", "pruned", "diverged", "error")
 
@@ -107,19 +109,21 @@ def _number(value: float | None, digits: int) -> str:
 
 
 def best_toml(sweep: Sweep, best: TrialRow) -> str:
-    """The base preset with the best trial's values: `rnnlab train --config best.toml` runs it as is.
-    The trial's budget and validation cadence were the sweep's; the preset keeps the base's."""
+    """The base preset (its file's settings and the data path) with the best trial's values:
+    `rnnlab train --config best.toml` runs it as is. The trial's budget and validation cadence were
+    the sweep's; the preset keeps the base's."""
     import tomli_w
 
-    config = with_value(sweep.base, best.params).to_dict()
-    config["train"].pop("checkpoint_dir")
-    config["train"].pop("overwrite")
-    tables = {section: {k: v for k, v in values.items() if v is not None} for section, values in config.items()}
-    swept = ", ".join(f"{name} = {_shown(value)}" for name, value in best.params.items())
+    settings = absolute_paths(merge(merge(load_toml(sweep.preset) if sweep.preset else {}, sweep.overrides),
+                                    nested(best.params)))
+    sweep.run_config(best.params)  # (still a valid run)
+    for name in ("checkpoint_dir", "overwrite"):
+        settings.get("train", {}).pop(name, None)
+    shown = ", ".join(f"{name} = {_shown(value)}" for name, value in best.params.items())
     header = (f"# rnnlab sweep: the best of {sweep.out}, trial {best.number}: {best.bits_per_char:.4f} validation "
               f"bits/char after {best.minutes:.1f} minutes ({best.steps} steps, epoch {best.epoch:.2f}).\n"
-              f"# Swept: {swept}. Train it: rnnlab train --config best.toml\n")
-    return header + tomli_w.dumps(tables)
+              f"# Swept: {shown}. Train it: rnnlab train --config best.toml\n")
+    return header + tomli_w.dumps({section: values for section, values in settings.items() if values})
 
 
 def _shown(value) -> str:
