@@ -147,8 +147,8 @@ def evaluate_windowed(model, tokens: np.ndarray, window: int, batch_size: int = 
 
 
 def _last_token_nats(model, contexts: np.ndarray, targets: np.ndarray, device) -> float:
-    logits, _, _ = model(torch.tensor(np.asarray(contexts), dtype=torch.long, device=device))  # (a copy: views
-    log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)                              # are read-only)
+    logits, _ = model.prime(torch.tensor(np.asarray(contexts), dtype=torch.long, device=device))  # (a copy:
+    log_probs = torch.log_softmax(logits.float(), dim=-1)                                      # views are read-only)
     picked = log_probs.gather(-1, torch.tensor(np.asarray(targets), dtype=torch.long, device=device)[:, None])
     return float(-picked.sum())
 

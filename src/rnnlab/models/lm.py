@@ -124,12 +124,8 @@ class RecurrentLM(nn.Module):
         The loss is the mean over all positions, or with `loss_weights` (T,) the weighted mean
         sum_t w_t CE_t / sum_t w_t (averaged over the batch).
         """
-        if state is None:
-            state = self.init_state(tokens.shape[0], tokens.device)
         cfg, training = self.config, self.training
-        inputs = locked_dropout(self.embed(tokens), cfg.dropout_input, training)
-        raw, state = self.layers(inputs, state, **self._layer_regularizers())
-        hidden = locked_dropout(raw, cfg.dropout_output, training)
+        hidden, raw, state = self.recurrent(tokens, state)
         logits, loss = None, None
         if targets is None or self.head is not None:
             logits = self.output(hidden)
@@ -147,6 +143,15 @@ class RecurrentLM(nn.Module):
                 loss = loss + activation_penalty(hidden.float(), cfg.activation_regularization) \
                     + temporal_activation_penalty(raw.float(), cfg.temporal_activation_regularization)
         return logits, loss, state
+
+    def recurrent(self, tokens: torch.Tensor, state: State | None = None):
+        """tokens (B, T) -> the top layer's outputs (B, T, H) after output dropout, the same before it
+        (for TAR), and the final state: everything of the forward pass but the output layer."""
+        if state is None:
+            state = self.init_state(tokens.shape[0], tokens.device)
+        inputs = locked_dropout(self.embed(tokens), self.config.dropout_input, self.training)
+        raw, state = self.layers(inputs, state, **self._layer_regularizers())
+        return locked_dropout(raw, self.config.dropout_output, self.training), raw, state
 
     def _layer_regularizers(self) -> dict:
         """What the recurrent layers apply inside themselves while training (nothing in eval)."""
@@ -167,9 +172,10 @@ class RecurrentLM(nn.Module):
         return regularizers
 
     def prime(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Read a prompt (B, T) in one fused pass -> logits after its last token (B, V), state."""
-        logits, _, state = self(tokens.to(self._reference_parameter().device), state)
-        return logits[:, -1], state
+        """Read a prompt (B, T) in one fused pass -> logits after its last token (B, V), state. (The output
+        layer reads the last position only: windowed sampling and evaluation prime once per token.)"""
+        hidden, _, state = self.recurrent(tokens.to(self._reference_parameter().device), state)
+        return self.output(hidden[:, -1:])[:, 0], state
 
     def step(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """One time step for a batch of ids (B,) -> logits (B, V), new state."""
