@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rnnlab import __version__
 from rnnlab.config import (
     DataConfig,
     EvalConfig,
@@ -61,6 +62,7 @@ log = logging.getLogger("rnnlab")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnlab", description="Train, sample and evaluate recurrent language models.")
     parser.add_argument("--quiet", action="store_true", help="only print results and errors")
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     quiet = argparse.ArgumentParser(add_help=False)  # --quiet is accepted after the subcommand too
     quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="only print results and errors")
@@ -68,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model on a text file", parents=[quiet])
     p.add_argument("data", metavar="DATA", nargs="?", default=None,
                    help="UTF-8 text file or folder with input.txt (default: embedded tinyshakespeare)")
-    p.add_argument("--config", metavar="FILE.toml", help="a preset (see configs/); flags override it")
+    p.add_argument("--config", metavar="PRESET", help="a preset: a TOML file, or the name of one shipped with rnnlab "
+                                                        "(e.g. char_rnn_classic; see README's Presets); flags override it")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue this run exactly (a file, or a folder's last)")
     p.add_argument("--init-from", metavar="CHECKPOINT", help="start a new run from these weights and vocabulary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("eval", help="cross-entropy, bits per character and perplexity of a text file",
                             parents=[quiet])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
-    p.add_argument("file", metavar="FILE", help="UTF-8 text file to score")
+    p.add_argument("file", metavar="FILE", nargs="?", default=None,
+                   help="UTF-8 text file to score (or --split val|test)")
     add_flags(p, "eval", EvalConfig)
     p.set_defaults(handler=cmd_eval)
 
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="export a checkpoint's step for onnxruntime (hosts without PyTorch)",
                             parents=[quiet])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, or folder (its best checkpoint)")
-    p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format for now)")
+    p.add_argument("--onnx", action="store_true", help="export to ONNX (the default, and the one format for now)")
     p.add_argument("--out", default="model.onnx", help="output file; FILE.json goes beside it (default: model.onnx)")
     p.set_defaults(handler=cmd_export)
 
@@ -291,7 +295,6 @@ def _print_samples(model, vocab, prompt, config: SampleConfig) -> None:
 # --- eval ----------------------------------------------------------------------------------------
 
 def cmd_eval(args) -> int:
-    from rnnlab.evaluation import dynamic_evaluate, evaluate_tokens, evaluate_windowed
     from rnnlab.training.checkpoint import load_checkpoint
     from rnnlab.training.step import select_device
 
@@ -300,42 +303,75 @@ def cmd_eval(args) -> int:
     defaults = {} if "sampling" in given or given.get("dynamic") or given.get("burn_in") else \
         sampling_defaults(ckpt.config.train)  # a scheme 1/2 model is scored windowed, the way it samples
     config = build_section(EvalConfig, {**defaults, **given})
+    if bool(config.split) == (args.file is not None):
+        raise ConfigError("give a FILE to score, or --split val|test for the checkpoint's own held-out split")
     device = select_device(config.device)
     model = ckpt.build_model(device)
-    text_path = resolve_text_path(args.file)
-    seq_length = config.seq_length or ckpt.config.train.seq_length
-    with tempfile.TemporaryDirectory(prefix="rnnlab-eval-") as scratch:
-        try:
-            encoded = encode_file_to_memmap(text_path, ckpt.vocab, Path(scratch))
-        except RnnlabError as exc:  # name the file once
-            raise CorpusError(str(exc) if str(text_path) in str(exc) else f"{text_path}: {exc}") from None
-        tokens, lengths = encoded.tokens, encoded.char_lengths
-        if len(tokens) < 2:
-            raise CorpusError(f"{text_path} needs at least two tokens to score")
-        if config.sampling == "windowed":
-            result = evaluate_windowed(model, tokens, config.window, config.batch_size, device, char_lengths=lengths)
-        elif config.dynamic:
-            result = dynamic_evaluate(model, tokens, config.seq_length or 50, config.dynamic_lr, config.dynamic_decay,
-                                      device, char_lengths=lengths)
-        else:
-            result = evaluate_tokens(model, tokens, config.batch_size, seq_length, device, burn_in=config.burn_in,
-                                     char_lengths=lengths)
-        del tokens, lengths, encoded
+    if config.split:
+        tokens, lengths, source = _held_out_split(ckpt, config.split)
+        result = _evaluate(config, model, tokens, lengths, device, ckpt)
+    else:
+        source = resolve_text_path(args.file)
+        with tempfile.TemporaryDirectory(prefix="rnnlab-eval-") as scratch:
+            try:
+                encoded = encode_file_to_memmap(source, ckpt.vocab, Path(scratch))
+            except RnnlabError as exc:  # name the file once
+                raise CorpusError(str(exc) if str(source) in str(exc) else f"{source}: {exc}") from None
+            if len(encoded.tokens) < 2:
+                raise CorpusError(f"{source} needs at least two tokens to score")
+            result = _evaluate(config, model, encoded.tokens, encoded.char_lengths, device, ckpt)
+            del encoded
     report = {**result.as_dict(), "tokenizer": ckpt.vocab.kind, "evaluation": config.sampling,
-              **({"window": config.window} if config.sampling == "windowed" else {})}
+              **({"window": config.window} if config.sampling == "windowed" else {}),
+              **({"split": config.split} if config.split else {})}
     if config.json:
         print(json.dumps(report))
     else:
-        print(format_report(text_path, result, ckpt.vocab.kind, config.burn_in))
+        print(format_report(source, result, ckpt.vocab.kind, config.burn_in))
         if config.sampling == "windowed":
             print(f"evaluation: windowed, each token from the {config.window} before it only"
                   f"{' (this model was trained with scheme ' + str(ckpt.config.train.scheme) + ')' if defaults else ''}")
     return 0
 
 
+def _evaluate(config: EvalConfig, model, tokens, lengths, device, ckpt):
+    from rnnlab.evaluation import dynamic_evaluate, evaluate_tokens, evaluate_windowed
+
+    if config.sampling == "windowed":
+        return evaluate_windowed(model, tokens, config.window, config.batch_size, device, char_lengths=lengths)
+    if config.dynamic:
+        return dynamic_evaluate(model, tokens, config.seq_length or 50, config.dynamic_lr, config.dynamic_decay,
+                                device, char_lengths=lengths)
+    return evaluate_tokens(model, tokens, config.batch_size, config.seq_length or ckpt.config.train.seq_length,
+                           device, burn_in=config.burn_in, char_lengths=lengths)
+
+
+def _held_out_split(ckpt, split: str):
+    """The checkpoint's own validation or test split: its corpus, prepared (or found in the cache) as its
+    run cut it, in its vocabulary. The corpus's files are read, never written (the cache is the user's)."""
+    import dataclasses
+
+    from rnnlab.data.corpus import user_cache_root
+    from rnnlab.training.run import corpus_in_vocabulary
+
+    data = dataclasses.replace(ckpt.config.data, cache_dir=str(user_cache_root()))
+    where = data.path or "the embedded tinyshakespeare"
+    if data.path and not Path(data.path).exists():
+        raise CorpusError(f"the checkpoint's corpus {data.path} is not here: score a FILE instead")
+    corpus = corpus_in_vocabulary(data, ckpt.vocab, compare_own=True, named=ckpt.path)
+    if corpus.meta["blake2b"] != ckpt.metrics.get("corpus_digest", corpus.meta["blake2b"]):
+        raise CorpusError(f"the checkpoint's corpus {where} changed since it was trained: its {split} split "
+                          f"is not the one held out; score a FILE instead")
+    splits = corpus.splits(data.val_frac, data.test_frac)
+    tokens = getattr(splits, split)
+    if len(tokens) < 2:
+        raise CorpusError(f"the checkpoint's {split} split holds {len(tokens)} tokens: nothing to score")
+    return tokens, splits.lengths(split), f"the {split} split of {where}"
+
+
 def format_report(text_path, result, tokenizer: str, burn_in: int = 0) -> str:
     burn = f" (after a burn-in of {burn_in})" if burn_in else ""
-    lines = [f"file: {text_path}"]
+    lines = [f"file: {text_path}" if isinstance(text_path, Path) else f"text: {text_path}"]
     if tokenizer == "char":
         lines.append(f"characters scored: {result.tokens:,}{burn}")
     else:

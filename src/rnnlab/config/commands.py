@@ -77,6 +77,8 @@ class EvalConfig:
     window: int = setting(100, "tokens of context in windowed evaluation (default for scheme 1/2 models: their k2)")
     device: str = setting("auto", "where to run", choices=("auto", "cpu", "cuda"))
     json: bool = setting(False, "print one JSON object")
+    split: str = setting("", "score the checkpoint's own held-out split, val or test (its corpus, cut as its run "
+                             "cut it), instead of a FILE", choices=("", "val", "test"))
 
     def validate(self) -> None:
         check_choices(self)

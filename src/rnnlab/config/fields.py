@@ -89,12 +89,31 @@ def unwrap_optional(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
+PRESETS = Path(__file__).resolve().parent.parent / "presets"  # shipped in the package
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset file: the path given, or, for a bare name (char_rnn_classic, or char_rnn_classic.toml)
+    that is no file here, the preset of that name shipped with rnnlab."""
+    path = Path(name_or_path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    shipped = PRESETS / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    return shipped if shipped.is_file() else path
+
+
 def load_toml(path: str | Path) -> dict:
+    path = preset_path(path)
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path} (the presets shipped with rnnlab: "
+                          f"{', '.join(preset_names())})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:

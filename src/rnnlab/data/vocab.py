@@ -360,8 +360,8 @@ def _import_tokenizers():
         import tokenizers.models
         import tokenizers.pre_tokenizers
         import tokenizers.trainers
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise VocabularyError("BPE needs the Hugging Face tokenizers library: pip install tokenizers") from None
+    except ImportError:  # the [bpe] extra is missing: char and word vocabularies do without it
+        raise VocabularyError("BPE needs the Hugging Face tokenizers library: pip install 'rnnlab[bpe]'") from None
     return tokenizers
 
 
