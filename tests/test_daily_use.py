@@ -73,3 +73,47 @@ def test_the_wheel_ships_the_presets_and_the_version(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"rnnlab {__version__}"
+
+
+def test_the_three_line_api_trains_completes_and_scores(tmp_path, capsys):
+    import rnnlab
+
+    result = rnnlab.train(max_steps=12, hidden_size=32, num_layers=1, embedding_size=16, batch_size=4,
+                          seq_length=16, eval_every=6, checkpoint_dir=str(tmp_path / "ck"), sample_length=0,
+                          progress_bar=False)
+    lm = rnnlab.load(result.checkpoint_dir)
+    assert result.steps == 12 and lm.config.model.hidden_size == 32 and "1x32 lstm" in repr(lm)
+    text = lm.complete("ROMEO:", length=40, temperature=0.8, seed=3)
+    assert len(text) == 40 and text == lm.complete("ROMEO:", length=40, temperature=0.8, seed=3)
+    assert len(lm.complete("ROMEO:", length=10, n=3)) == 3
+    bits = lm.score("To be, or not to be, that is the question.")
+    assert 0 < bits < 8 and lm.score("zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz") != bits
+    # the same number as the CLI's eval of that text
+    (tmp_path / "t.txt").write_text("To be, or not to be, that is the question.", encoding="utf-8")
+    assert main(["eval", str(result.checkpoint_dir), str(tmp_path / "t.txt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bits_per_char"] == pytest.approx(bits, abs=1e-9)
+
+
+def test_the_api_refuses_unknown_settings_in_one_line(tmp_path):
+    import rnnlab
+    from rnnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        rnnlab.train(hiden_size=32, checkpoint_dir=str(tmp_path / "ck"))
+    assert "train() has no setting 'hiden_size'" in str(caught.value) and "hidden_size" in str(caught.value)
+    with pytest.raises(ConfigError):
+        rnnlab.train(hidden_size=-3, checkpoint_dir=str(tmp_path / "ck"))
+
+
+def test_the_readme_api_example_runs(tmp_path, monkeypatch, capsys):
+    """The first Python block of README's Python API section, run as it is."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Python API"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python") + 9)]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].endswith("bits/char") and 0 < float(printed[-1].split()[0]) < 8
+    assert (tmp_path / "demo" / "best.json").is_file()

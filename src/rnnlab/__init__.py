@@ -1,5 +1,10 @@
 """rnnlab: train, sample and evaluate recurrent language models (RNN, GRU, LSTM, QRNN) on PyTorch.
 
+    import rnnlab
+    result = rnnlab.train("input.txt", max_minutes=6, hidden_size=256)  # any config field as a keyword
+    lm = rnnlab.load(result.checkpoint_dir)
+    print(lm.complete("ROMEO:", length=200, temperature=0.8), lm.score("To be, or not to be"))
+
 The public API is imported lazily (PEP 562), so tools that only prepare text never import torch.
 """
 
@@ -15,7 +20,7 @@ _EXPORTS = {
     "RecurrentLM": "rnnlab.models.lm",
     "beam_search": "rnnlab.sampling", "generate": "rnnlab.sampling", "sample_next_token": "rnnlab.sampling",
     "load_checkpoint": "rnnlab.training.checkpoint", "save_checkpoint": "rnnlab.training.checkpoint",
-    "train": "rnnlab.training.loop", "resolve_run": "rnnlab.training.run",
+    "train": "rnnlab.api", "load": "rnnlab.api", "LanguageModel": "rnnlab.api", "resolve_run": "rnnlab.training.run",
 }
 __all__ = sorted(_EXPORTS)
 
