@@ -117,3 +117,26 @@ def test_the_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1].endswith("bits/char") and 0 < float(printed[-1].split()[0]) < 8
     assert (tmp_path / "demo" / "best.json").is_file()
+
+
+def test_resume_says_when_there_is_nothing_to_train_or_the_schedule_has_ended(tmp_path, caplog):
+    import logging
+
+    from conftest import tiny_config
+
+    from rnnlab.training.loop import train
+    from rnnlab.training.run import resolve_run
+
+    train(tiny_config(tmp_path / "ck", max_steps=10, eval_every=5), progress_bar=False)
+    caplog.set_level(logging.WARNING, logger="rnnlab")
+    result = train(resolve_run(resume=tmp_path / "ck"), progress_bar=False)
+    assert result.steps == 10 and "its --max-steps is 10: nothing to train; give a higher one" in caplog.text
+    caplog.clear()
+    run = resolve_run(resume=tmp_path / "ck", overrides={"train": {"max_steps": 14}})
+    assert run.progress.planned_steps == 10
+    train(run, progress_bar=False)
+    assert "the cosine schedule was planned for 10 steps when the run started and has ended" in caplog.text
+    assert "--extend-schedule" in caplog.text
+    caplog.clear()
+    run = resolve_run(resume=tmp_path / "ck", overrides={"train": {"max_steps": 30, "extend_schedule": True}})
+    assert run.progress.planned_steps == 30 and "schedule" not in caplog.text

@@ -87,9 +87,14 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
 
 
 def test_fitting_hints():
-    assert "overfitting" in fitting_hint(1.0, 1.3)
-    assert "underfitting" in fitting_hint(1.5, 1.51)
-    assert "healthy" in fitting_hint(1.4, 1.45)
+    falling, stalled = [1.6, 1.5, 1.45, 1.3], [1.6, 1.25, 1.3, 1.31]
+    assert "the model is overfitting" in fitting_hint(1.0, 1.31, stalled)
+    assert "still falling: not overfitting yet" in fitting_hint(1.0, 1.3, falling)  # (measured: 1.516 vs 1.408)
+    assert "underfitting" in fitting_hint(1.5, 1.51, [1.7, 1.6, 1.51])
+    assert "healthy" in fitting_hint(1.4, 1.45, [1.6, 1.5, 1.45])
+    for history in ([], [4.1], [4.1, 4.0]):  # an untrained model: no verdict
+        hint = fitting_hint(4.0, 4.1, history)
+        assert "too early to tell" in hint and "healthy" not in hint and "fitting;" not in hint
 
 
 def test_resuming_a_fine_tuning_run_keeps_mapping_ids(tmp_path, trained_checkpoint):

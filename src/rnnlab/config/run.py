@@ -226,6 +226,10 @@ class TrainConfig:
     max_epochs: float = setting(50.0, "stop after this many passes over the training split", resumable=True)
     max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)", resumable=True)
     max_minutes: float = setting(0.0, "stop after this many minutes of training (0 = no limit)", resumable=True)
+    extend_schedule: bool = setting(False, "with --resume: stretch the cosine schedule over the new --max-steps or "
+                                           "--max-epochs (otherwise it keeps the horizon planned when the run "
+                                           "started, and past it trains at its final rate)", resumable=True,
+                                    needs=(lambda c: c.train.schedule == "cosine", "--schedule cosine"))
     eval_every: int = setting(500, "validate on the whole val split and checkpoint every N steps", resumable=True)
     eval_every_minutes: float = setting(0.0, "validate and checkpoint every N minutes of training instead of every "
                                              "--eval-every steps (0 = by steps); a sweep's time-budgeted trials use "

@@ -38,6 +38,8 @@ log = logging.getLogger("rnnlab")
 
 OVERFIT_GAP = 0.10  # nats/char: val this far above train suggests overfitting (char-rnn's tip)
 UNDERFIT_GAP = 0.02  # nats/char: val this close to train suggests underfitting
+MIN_VALIDATIONS = 3  # the fitting hint says nothing before the run has this many validations
+STALLED = 2  # validations without improvement that, with a wide gap, mean overfitting
 STOPPED_AFTER_VALIDATION = "stopped after validation"  # the reason when train()'s after_validation ends a run
 
 
@@ -321,6 +323,8 @@ def _log_start(run: Run) -> None:
     config, splits = run.config, run.splits
     if run.resumed_from is not None:
         log.info("resuming %s at step %d", run.resumed_from.name, run.progress.step)
+        for warning in resume_warnings(run):
+            log.warning("warning: %s", warning)
     log.info("model: %s, %d layers x %d units, %s input, %s parameters; vocabulary %d; train %s / val %s / "
              "test %s tokens; device %s, %s", config.model.cell, config.model.num_layers, config.model.hidden_size,
              f"embedding {config.model.embedding_size}" if config.model.embedding_size else "one-hot",
@@ -336,10 +340,33 @@ def _result(run: Run, interrupted: bool) -> TrainResult:
         fit = _train_split_loss(run)
         # the hint's thresholds are per character, so word and BPE losses are compared per character too
         fit_loss = fit.nats_per_token
-        hint = fitting_hint(fit.nats_per_char, last["val_loss"] * _tokens_per_char(run.splits.lengths("val")))
+        per_char = _tokens_per_char(run.splits.lengths("val"))
+        hint = fitting_hint(fit.nats_per_char, last["val_loss"] * per_char, [v * per_char for v in prog.val_losses])
     return TrainResult(folder, folder / last["file"], folder / best["file"], prog.best_val_loss, prog.step,
                        run.batcher.epoch_progress, fit_loss, last["val_loss"], interrupted, hint,
                        run.model.num_parameters())
+
+
+def resume_warnings(run: Run) -> list[str]:
+    """What a resumed run would do silently: nothing (its limit is already reached), or train on at the
+    schedule's final rate (its horizon, planned when the run started, is behind it)."""
+    tc, prog, batcher = run.config.train, run.progress, run.batcher
+    warnings = []
+    if tc.max_steps and prog.step >= tc.max_steps:
+        warnings.append(f"the run is at step {prog.step:,}, its --max-steps is {tc.max_steps:,}: nothing to train; "
+                        f"give a higher one (e.g. --max-steps {2 * prog.step:,})")
+    elif batcher.epoch_progress >= tc.max_epochs:
+        warnings.append(f"the run is at epoch {batcher.epoch_progress:.2f}, its --max-epochs is {tc.max_epochs:g}: "
+                        f"nothing to train; give a higher one")
+    elif tc.max_minutes and prog.elapsed >= tc.max_minutes * 60.0:
+        warnings.append(f"the run has trained {prog.elapsed / 60:.1f} minutes, its --max-minutes is "
+                        f"{tc.max_minutes:g}: nothing to train; give a higher one")
+    elif tc.schedule == "cosine" and _progress_fraction(tc, prog.step, prog.planned_steps, prog.elapsed) >= 1.0:
+        rate = learning_rate_at(tc, prog.step, batcher.epoch, 1.0, prog.plateau_factor)
+        warnings.append(f"the cosine schedule was planned for {prog.planned_steps:,} steps when the run started and "
+                        f"has ended: it trains on at its final rate {rate:.3g}; --extend-schedule stretches it "
+                        f"over the new limit")
+    return warnings
 
 
 def _progress_fraction(tc, step: int, planned: float, elapsed: float) -> float:
@@ -392,15 +419,28 @@ def _tokens_per_char(lengths) -> float:
     return 1.0 if lengths is None or not len(lengths) else len(lengths) / max(int(np.sum(lengths)), 1)
 
 
-def fitting_hint(train_loss: float | None, val_loss: float | None) -> str:
-    """char-rnn's advice on reading the gap between training and validation loss (both in nats/char)."""
+def fitting_hint(train_loss: float | None, val_loss: float | None, val_history=()) -> str:
+    """char-rnn's advice on reading the gap between training and validation loss (both in nats/char),
+    given only once the run has a validation history to read (MIN_VALIDATIONS of them): overfitting
+    when validation has stopped improving (its last STALLED validations above its best) while the gap
+    is wide; underfitting when the gap is narrow."""
     if train_loss is None or val_loss is None:
         return ""
+    history = list(val_history)
     gap = val_loss - train_loss
+    if len(history) < MIN_VALIDATIONS:
+        return (f"val loss {val_loss:.4f} nats/char, train loss {train_loss:.4f}: too early to tell over- from "
+                f"underfitting ({len(history)} validation{'s' if len(history) != 1 else ''}; the hint needs "
+                f"{MIN_VALIDATIONS})")
+    stalled = min(history[-STALLED:]) > min(history)
+    if gap > OVERFIT_GAP and stalled:
+        return (f"val loss {val_loss:.4f} nats/char is well above train loss {train_loss:.4f} and has not improved "
+                f"in the last {STALLED} validations: the model is overfitting; try a smaller model (--hidden-size, "
+                f"--num-layers) or more --dropout")
     if gap > OVERFIT_GAP:
-        return (f"val loss {val_loss:.4f} nats/char is well above train loss {train_loss:.4f}: the model may be "
-                f"overfitting; try a smaller model (--hidden-size, --num-layers) or more --dropout")
+        return (f"val loss {val_loss:.4f} nats/char is well above train loss {train_loss:.4f} but still falling: "
+                f"not overfitting yet; train on, and watch the gap")
     if gap < UNDERFIT_GAP:
         return (f"val loss {val_loss:.4f} nats/char is close to train loss {train_loss:.4f}: the model is likely "
                 f"underfitting; try a larger model (--hidden-size, --num-layers) or train longer")
-    return f"train loss {train_loss:.4f} nats/char, val loss {val_loss:.4f}: a healthy gap"
+    return f"val loss {val_loss:.4f} nats/char, train loss {train_loss:.4f}: a healthy gap"

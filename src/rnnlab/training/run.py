@@ -203,8 +203,10 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
     progress, carried = Progress(), None
     if resumed is not None:
         progress, carried = restore_training_state(resumed, model, step, batcher, device)
-    # the schedule's horizon, fixed when the run starts: a resumed run keeps it even if its stop limit moves
-    progress.planned_steps = progress.planned_steps or planned_steps(tc, batcher)
+    # the schedule's horizon, fixed when the run starts: a resumed run keeps it even if its stop limit moves,
+    # unless told to stretch it over the new limit
+    if not progress.planned_steps or (resumed is not None and tc.extend_schedule):
+        progress.planned_steps = planned_steps(tc, batcher)
     return Run(config, corpus.vocab, splits, corpus.meta["blake2b"], model, step, batcher, progress, carried,
                device, resumed.path if resumed is not None else None)
 
