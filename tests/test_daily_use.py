@@ -140,3 +140,43 @@ def test_resume_says_when_there_is_nothing_to_train_or_the_schedule_has_ended(tm
     caplog.clear()
     run = resolve_run(resume=tmp_path / "ck", overrides={"train": {"max_steps": 30, "extend_schedule": True}})
     assert run.progress.planned_steps == 30 and "schedule" not in caplog.text
+
+
+def test_without_a_terminal_progress_is_one_plain_line_per_log_window(tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "train.log"
+    with open(log, "wb") as handle:  # (stderr to a file: no terminal)
+        subprocess.run([sys.executable, "-m", "rnnlab", "train", "--max-steps", "20", "--log-every", "5",
+                        "--eval-every", "10", "--hidden-size", "16", "--num-layers", "1", "--batch-size", "4",
+                        "--seq-length", "16", "--sample-length", "0", "--checkpoint-dir", str(tmp_path / "ck")],
+                       stdout=handle, stderr=subprocess.STDOUT, check=True, timeout=300)
+    text = log.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("step ") and "tokens/s" in line]
+    assert "\r" not in text and [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
+    assert all("left" in line and "train loss" in line for line in lines)
+
+
+def test_the_logged_train_loss_is_the_mean_of_its_window_and_the_eta_follows_the_time_limit(tmp_path):
+    from conftest import tiny_config
+
+    from rnnlab.training.loop import Meter, train
+    from rnnlab.training.run import resolve_run
+
+    train(tiny_config(tmp_path / "ck", max_steps=12, log_every=4, eval_every=12), progress_bar=False)
+    records = [json.loads(line) for line in (tmp_path / "ck" / "log.jsonl").read_text().splitlines()]
+    trains = [r for r in records if r["event"] == "train"]
+    assert [r["step"] for r in trains] == [4, 8, 12]
+    run = resolve_run(tiny_config(tmp_path / "ck2", max_steps=0, max_minutes=0.5))
+    meter = Meter(run, enabled=False)
+    from rnnlab.training.loop import train_batch
+
+    losses = []
+    for _ in range(3):
+        loss, _ = train_batch(run, meter.elapsed())
+        meter.step_done(loss)
+        losses.append(loss)
+    assert meter.window_loss() == pytest.approx(sum(losses) / 3)
+    assert abs(meter.eta() - (30.0 - meter.elapsed())) < 1.0  # right after the first steps: the time left
+    meter.close()

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +106,11 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: Va
         while not _finished(tc, prog, run.batcher, meter.elapsed(), stop):
             train_loss, lr = train_batch(run, meter.elapsed())
             meter.step_done(train_loss)
-            if prog.step % tc.log_every == 0:
+            if prog.step % tc.log_every == 0:  # (the train loss logged: the mean over the window's batches)
                 saver.log({"event": "train", "step": prog.step, "epoch": run.batcher.epoch_progress,
-                           "train_loss": train_loss, "lr": lr, "tokens_per_s": meter.rate(),
+                           "train_loss": meter.window_loss(), "lr": lr, "tokens_per_s": meter.rate(),
                            "elapsed": meter.elapsed()})
+                meter.log_line(lr)
                 meter.restart_window()
             if validation_due(tc, prog, meter.elapsed()):
                 prog.elapsed = meter.elapsed()
@@ -119,6 +121,7 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: Va
                 saved_at = prog.step
                 if after_validation is not None and after_validation(run, result):
                     stop.request(STOPPED_AFTER_VALIDATION)
+        meter.finished = not stop.requested
         if stop.requested:
             log.info("%s: writing a checkpoint", stop.reason)
         prog.elapsed = meter.elapsed()
@@ -286,35 +289,90 @@ class Saver:
 
 
 class Meter:
-    """The progress bar, the clock of the run (resumed runs go on from their elapsed time) and the
-    tokens-per-second window."""
+    """The progress display, the clock of the run (resumed runs go on from their elapsed time) and the
+    tokens-per-second window. On a terminal, a bar: over the time limit when there is one (so its ETA is
+    right from the first step), else over the planned steps. Elsewhere (output to a file or a pipe), a
+    plain line per --log-every steps, with no carriage returns."""
 
     def __init__(self, run: Run, enabled: bool):
-        self.run, self.started = run, time.monotonic() - run.progress.elapsed
-        self.bar = tqdm(total=run.progress.planned_steps, initial=run.progress.step, disable=not enabled, unit="step",
-                        dynamic_ncols=True, leave=False)
+        tc, prog = run.config.train, run.progress
+        self.run, self.started = run, time.monotonic() - prog.elapsed
+        self.by_time = bool(tc.max_minutes)
+        self.lines = enabled and not _is_terminal(sys.stderr)
+        self.finished = False
+        self.first_step, self.first_elapsed = prog.step, prog.elapsed  # (where this session's steps began)
+        if self.by_time:
+            self.bar = tqdm(total=round(tc.max_minutes * 60.0), initial=min(round(prog.elapsed), round(tc.max_minutes * 60)),
+                            disable=not enabled or self.lines, unit="s", dynamic_ncols=True, leave=False,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{remaining} left{postfix}]")
+        else:
+            self.bar = tqdm(total=prog.planned_steps, initial=prog.step, disable=not enabled or self.lines,
+                            unit="step", dynamic_ncols=True, leave=False)
         self.restart_window()
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def restart_window(self) -> None:
-        self.window_start, self.window_tokens = time.monotonic(), 0
+        self.window_start, self.window_tokens, self.window_losses = time.monotonic(), 0, []
 
     def rate(self) -> float:
         return self.window_tokens / max(time.monotonic() - self.window_start, 1e-9)
 
-    def step_done(self, train_loss: float) -> None:
+    def window_loss(self) -> float:
+        """The mean train loss of the batches since the last log line."""
+        return sum(self.window_losses) / len(self.window_losses) if self.window_losses else math.nan
+
+    def eta(self) -> float:
+        """Seconds left: to the time limit when there is one (or the planned steps, if they come first)."""
         tc, prog = self.run.config.train, self.run.progress
+        done = prog.step - self.first_step
+        per_step = (self.elapsed() - self.first_elapsed) / done if done else math.inf
+        by_steps = (prog.planned_steps - prog.step) * per_step
+        if self.by_time:
+            return max(0.0, min(tc.max_minutes * 60.0 - self.elapsed(), by_steps))
+        return by_steps
+
+    def step_done(self, train_loss: float) -> None:
+        tc = self.run.config.train
         self.window_tokens += tc.batch_size * tc.seq_length
-        self.bar.update(1)
+        self.window_losses.append(train_loss)
+        if self.by_time:
+            self.bar.update(min(round(self.elapsed()), self.bar.total) - self.bar.n)
+        else:
+            self.bar.update(1)
         self.bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{self.rate():,.0f}",
                              epoch=f"{self.run.batcher.epoch_progress:.2f}", refresh=False)
-        if tc.max_minutes and prog.step % 10 == 0:  # the clock may end the run first: fix the bar's ETA
-            self.bar.total = int(min(prog.planned_steps, prog.step * tc.max_minutes * 60.0 / max(self.elapsed(), 1e-9)))
+
+    def log_line(self, lr: float) -> None:
+        """The plain progress line (when there is no terminal for a bar)."""
+        if not self.lines:
+            return
+        prog, tc = self.run.progress, self.run.config.train
+        limit = f"/{tc.max_steps:,}" if tc.max_steps else ""
+        log.info("step %s%s epoch %.2f: train loss %.4f, lr %.3g, %s tokens/s, %s elapsed, %s left", f"{prog.step:,}",
+                 limit, self.run.batcher.epoch_progress, self.window_loss(), lr, f"{self.rate():,.0f}",
+                 _clock(self.elapsed()), _clock(self.eta()))
 
     def close(self) -> None:
+        if self.finished and not self.bar.disable:  # a run that ended on its own limit ends at 100%
+            self.bar.update(self.bar.total - self.bar.n)
         self.bar.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 # --- pieces of the loop ------------------------------------------------------------------------
