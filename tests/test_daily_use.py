@@ -180,3 +180,22 @@ def test_the_logged_train_loss_is_the_mean_of_its_window_and_the_eta_follows_the
     assert meter.window_loss() == pytest.approx(sum(losses) / 3)
     assert abs(meter.eta() - (30.0 - meter.elapsed())) < 1.0  # right after the first steps: the time left
     meter.close()
+
+
+def test_eval_tokens_bounds_validation_and_the_whole_split_is_scored_at_the_end(tmp_path, caplog):
+    import logging
+
+    from conftest import tiny_config
+
+    from rnnlab.training.loop import train
+
+    caplog.set_level(logging.INFO, logger="rnnlab")
+    result = train(tiny_config(tmp_path / "ck", max_steps=8, eval_every=4, eval_tokens=300), progress_bar=False)
+    records = [json.loads(line) for line in (tmp_path / "ck" / "log.jsonl").read_text().splitlines()]
+    whole = [r for r in records if r["event"] == "val_full"]
+    assert len(whole) == 1 and whole[0]["tokens"] > 300 and result.whole_val_loss == whole[0]["val_loss"]
+    assert "validation: the first 300 of the" in caplog.text
+    assert result.whole_val_loss != result.val_loss  # (the part and the whole differ)
+    caplog.clear()
+    result = train(tiny_config(tmp_path / "ck2", max_steps=4, eval_every=4), progress_bar=False)
+    assert result.whole_val_loss == result.val_loss and "validation: the first" not in caplog.text

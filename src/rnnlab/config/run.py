@@ -235,6 +235,9 @@ class TrainConfig:
                                              "--eval-every steps (0 = by steps); a sweep's time-budgeted trials use "
                                              "it so that the k-th validation of every trial falls at the same time",
                                         resumable=True)
+    eval_tokens: int = setting(0, "validate on the first N tokens of the val split (0 = auto: an eighth of the "
+                                  "tokens trained between validations, at least 65,536 — a few percent of the "
+                                  "training time); the whole split is scored once more at the end", resumable=True)
     eval_batch_size: int = setting(64, "parallel streams when validating")
     log_every: int = setting(50, "write a train-loss line to the run log every N steps", resumable=True)
     checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written", resumable=True,
@@ -278,7 +281,7 @@ class TrainConfig:
         positive_float(self, "learning_rate", "decay_rate", "max_epochs")
         non_negative(self, "warmup_steps", "decay_after", "max_steps", "max_minutes", "grad_clip",
                       "weight_decay", "loss_guard", "sample_length", "threads", "preview_length",
-                      "eval_every_minutes")
+                      "eval_every_minutes", "eval_tokens")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.min_lr_frac <= 1.0:

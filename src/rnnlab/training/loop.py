@@ -73,6 +73,7 @@ class TrainResult:
     interrupted: bool = False
     hint: str = ""
     num_parameters: int = 0
+    whole_val_loss: float | None = None  # the whole val split, at the end (validations may score a part of it)
 
 
 ValidationHook = Callable[[Run, EvalResult], bool]
@@ -128,10 +129,13 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: Va
         if saved_at != prog.step or not (run.folder / "best.json").is_file():
             with saver.weights_to_save() as raw:  # (an extra validation: it feeds no schedule)
                 saver.save(prog, saver.validate(prog), raw)
+        whole = validate_whole_split(run, saver) if not stop.requested else None
     finally:
         meter.close()
         saver.close()
-    return _result(run, stop.requested)
+    result = _result(run, stop.requested)
+    result.whole_val_loss = whole.nats_per_token if whole is not None else result.val_loss
+    return result
 
 
 def train_batch(run: Run, elapsed: float) -> tuple[float, float]:
@@ -227,8 +231,10 @@ class Saver:
 
     def validate(self, prog: Progress) -> EvalResult:
         run, tc = self.run, self.run.config.train
-        result = evaluate_tokens(run.model, run.splits.val, tc.eval_batch_size, tc.seq_length, run.device,
-                                 char_lengths=run.splits.lengths("val"))
+        cap = validation_tokens(run)
+        lengths = run.splits.lengths("val")
+        result = evaluate_tokens(run.model, run.splits.val[:cap], tc.eval_batch_size, tc.seq_length, run.device,
+                                 char_lengths=lengths[:cap] if lengths is not None else None)
         recent = prog.recent_losses
         train_part = f"train loss {sum(recent) / len(recent):.4f}, " if recent else ""
         prog.recent_losses = []
@@ -286,6 +292,31 @@ class Saver:
             update_pointer(folder, "best", file, val_loss)
         prog.saved = prune_checkpoints(folder, prog.saved, run.config.train.keep_last)
         return file
+
+
+def validation_tokens(run: Run) -> int:
+    """How much of the val split a validation scores: --eval-tokens, or by default an eighth of the tokens
+    trained between validations (a forward pass costs about a third of a training step's, so about 4%
+    of the training time), at least 65,536; never more than the split."""
+    tc = run.config.train
+    cap = tc.eval_tokens or max(65_536, tc.eval_every * tc.batch_size * tc.seq_length // 8)
+    return min(cap, len(run.splits.val))
+
+
+def validate_whole_split(run: Run, saver: Saver) -> EvalResult | None:
+    """At the end of a run whose validations scored part of the val split: the whole split, once."""
+    tc, val = run.config.train, run.splits.val
+    if validation_tokens(run) >= len(val):
+        return None
+    averager = run.step.averager
+    with averager.swapped_in() if averager else contextlib.nullcontext():
+        result = evaluate_tokens(run.model, val, tc.eval_batch_size, tc.seq_length, run.device,
+                                 char_lengths=run.splits.lengths("val"))
+    log.info("the whole val split (%s tokens): val loss %.4f nats/%s (%.4f bits/char)", f"{len(val):,}",
+             result.nats_per_token, "char" if run.vocab.kind == "char" else "token", result.bits_per_char)
+    saver.log({"event": "val_full", "step": run.progress.step, "val_loss": result.nats_per_token,
+               "val_bits_per_char": result.bits_per_char, "tokens": len(val)})
+    return result
 
 
 class Meter:
@@ -379,6 +410,11 @@ def _clock(seconds: float) -> str:
 
 def _log_start(run: Run) -> None:
     config, splits = run.config, run.splits
+    cap, tc = validation_tokens(run), config.train
+    every = f"{tc.eval_every_minutes:g} minutes" if tc.eval_every_minutes else f"{tc.eval_every:,} steps"
+    if cap < len(splits.val):
+        log.info("validation: the first %s of the %s val tokens every %s (--eval-tokens), the whole split at the end",
+                 f"{cap:,}", f"{len(splits.val):,}", every)
     if run.resumed_from is not None:
         log.info("resuming %s at step %d", run.resumed_from.name, run.progress.step)
         for warning in resume_warnings(run):
@@ -461,10 +497,10 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
 
 
 def _train_split_loss(run: Run) -> EvalResult:
-    """Loss on the end of the train split, as long as the val split, in eval mode (no dropout), with the
+    """Loss on the end of the train split, as long as a validation, in eval mode (no dropout), with the
     weights validation used."""
     tc, splits = run.config.train, run.splits
-    piece = np.asarray(splits.train[-max(len(splits.val), 2):])
+    piece = np.asarray(splits.train[-max(validation_tokens(run), 2):])
     lengths = splits.lengths("train")
     lengths = np.asarray(lengths[-len(piece):]) if lengths is not None else None
     averager = run.step.averager
