@@ -199,3 +199,25 @@ def test_eval_tokens_bounds_validation_and_the_whole_split_is_scored_at_the_end(
     caplog.clear()
     result = train(tiny_config(tmp_path / "ck2", max_steps=4, eval_every=4), progress_bar=False)
     assert result.whole_val_loss == result.val_loss and "validation: the first" not in caplog.text
+
+
+def test_tensorboard_event_files_hold_the_run_log(tmp_path):
+    pytest.importorskip("tensorboard")
+    from conftest import tiny_config
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rnnlab.training.loop import train
+
+    train(tiny_config(tmp_path / "ck", max_steps=8, eval_every=4, log_every=2, tensorboard=True,
+                      preview_length=10), progress_bar=False)
+    events = EventAccumulator(str(tmp_path / "ck" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/learning_rate", "train/tokens_per_s", "val/loss", "val/bits_per_char"} <= set(
+        tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]
+    assert [e.step for e in events.Scalars("val/loss")] == [4, 8]
+    records = [json.loads(line) for line in (tmp_path / "ck" / "log.jsonl").read_text().splitlines()]
+    assert events.Scalars("val/loss")[0].value == pytest.approx(next(r["val_loss"] for r in records
+                                                                     if r["event"] == "val"), rel=1e-6)
+    assert "preview/text_summary" in tags["tensors"]

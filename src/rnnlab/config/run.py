@@ -242,6 +242,9 @@ class TrainConfig:
     log_every: int = setting(50, "write a train-loss line to the run log every N steps", resumable=True)
     checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written", resumable=True,
                                   is_path=True)
+    tensorboard: bool = setting(False, "also write TensorBoard event files (train/val loss, bits/char, learning "
+                                       "rate, tokens/s, previews) to CHECKPOINT_DIR/tensorboard (needs the "
+                                       "[tensorboard] extra)", resumable=True)
     keep_last: int = setting(3, "keep the newest N checkpoints (the best one is always kept)", resumable=True)
     overwrite: bool = setting(False, "start this run in a --checkpoint-dir that holds another run, removing that "
                                      "run's checkpoints, pointers and log (without it, such a folder is refused)",

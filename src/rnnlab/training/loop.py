@@ -194,12 +194,15 @@ class Saver:
 
     def __init__(self, run: Run):
         self.run = run
+        self.board = TensorBoard(run.folder / "tensorboard") if run.config.train.tensorboard else None
         self.run_log = open(run.folder / "log.jsonl", "a", encoding="utf-8")
 
     def log(self, record: dict) -> None:
         self._log_still_there()
         self.run_log.write(json.dumps(record) + "\n")
         self.run_log.flush()
+        if self.board is not None:
+            self.board.write(record)
 
     def _log_still_there(self) -> None:
         """Someone removed the folder or the log under the running job: write a new one where it was
@@ -218,6 +221,8 @@ class Saver:
 
     def close(self) -> None:
         self.run_log.close()
+        if self.board is not None:
+            self.board.close()
 
     @contextlib.contextmanager
     def weights_to_save(self):
@@ -292,6 +297,34 @@ class Saver:
             update_pointer(folder, "best", file, val_loss)
         prog.saved = prune_checkpoints(folder, prog.saved, run.config.train.keep_last)
         return file
+
+
+class TensorBoard:
+    """The run log's records as TensorBoard events (torch.utils.tensorboard; the [tensorboard] extra)."""
+
+    SCALARS = {"train": {"train_loss": "train/loss", "lr": "train/learning_rate", "tokens_per_s": "train/tokens_per_s"},
+               "val": {"val_loss": "val/loss", "val_bits_per_char": "val/bits_per_char",
+                       "val_perplexity": "val/perplexity"},
+               "val_full": {"val_loss": "val_whole_split/loss", "val_bits_per_char": "val_whole_split/bits_per_char"}}
+
+    def __init__(self, folder: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RnnlabError("--tensorboard needs the tensorboard package: pip install 'rnnlab[tensorboard]'") from None
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def write(self, record: dict) -> None:
+        event, step = record.get("event"), record.get("step", 0)
+        for key, tag in self.SCALARS.get(event, {}).items():
+            if isinstance(record.get(key), (int, float)) and math.isfinite(record[key]):
+                self.writer.add_scalar(tag, record[key], step)
+        if event == "preview":
+            self.writer.add_text("preview", f"{record['prime']}{record['text']}", step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def validation_tokens(run: Run) -> int:
