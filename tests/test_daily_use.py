@@ -221,3 +221,20 @@ def test_tensorboard_event_files_hold_the_run_log(tmp_path):
     assert events.Scalars("val/loss")[0].value == pytest.approx(next(r["val_loss"] for r in records
                                                                      if r["event"] == "val"), rel=1e-6)
     assert "preview/text_summary" in tags["tensors"]
+
+
+def test_a_validation_reports_its_progress():
+    import numpy as np
+    import torch
+
+    from rnnlab.config import ModelConfig
+    from rnnlab.evaluation import evaluate_tokens
+    from rnnlab.models.lm import RecurrentLM
+
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=8, embedding_size=4), 7)
+    seen = []
+    tokens = np.random.default_rng(0).integers(0, 7, 5000)
+    with_progress = evaluate_tokens(model, tokens, batch_size=4, seq_length=50, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 5
+    assert with_progress.total_nats == evaluate_tokens(model, tokens, batch_size=4, seq_length=50).total_nats

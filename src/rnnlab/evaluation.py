@@ -76,8 +76,10 @@ def scored_characters(char_lengths: np.ndarray | None, first_scored: int) -> int
 @torch.inference_mode()
 def evaluate_tokens(model, tokens: np.ndarray, batch_size: int = 64, seq_length: int = 256,
                     device: torch.device | str = "cpu", burn_in: int = 0,
-                    char_lengths: np.ndarray | None = None) -> EvalResult:
+                    char_lengths: np.ndarray | None = None, progress=None) -> EvalResult:
     """Total cross-entropy of `model` predicting tokens[1:] from tokens[:-1].
+
+    `progress(fraction)`, if given, is told how far the pass has got after every chunk.
 
     `char_lengths` (characters of text per token, for word and BPE models) turns the total into
     bits per character of the scored text as well.
@@ -103,6 +105,8 @@ def evaluate_tokens(model, tokens: np.ndarray, batch_size: int = 64, seq_length:
             index = starts + begin + np.arange(steps + 1, dtype=np.int64)[None, :]
             nats, state = _score(model, tokens[index], state, device)
             total += nats
+            if progress is not None:
+                progress((begin + steps) / column_length)
         tail_start = columns * column_length
         if tail_start < n - 1:
             last_column_state = tuple(s[:, -1:].contiguous() for s in state)

@@ -98,6 +98,7 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: Va
     _log_start(run)
     saver = Saver(run)
     meter = Meter(run, progress_bar)
+    saver.show_progress = progress_bar and not meter.lines
     saved_at = prog.step if run.resumed_from else -1
     run.model.train()
     stop.training = True
@@ -195,6 +196,7 @@ class Saver:
     def __init__(self, run: Run):
         self.run = run
         self.board = TensorBoard(run.folder / "tensorboard") if run.config.train.tensorboard else None
+        self.show_progress = False  # (a validation's own bar: set where the run has a terminal bar)
         self.run_log = open(run.folder / "log.jsonl", "a", encoding="utf-8")
 
     def log(self, record: dict) -> None:
@@ -238,8 +240,12 @@ class Saver:
         run, tc = self.run, self.run.config.train
         cap = validation_tokens(run)
         lengths = run.splits.lengths("val")
-        result = evaluate_tokens(run.model, run.splits.val[:cap], tc.eval_batch_size, tc.seq_length, run.device,
-                                 char_lengths=lengths[:cap] if lengths is not None else None)
+        # (a bar that shows itself only when a validation takes more than a few seconds)
+        with tqdm(total=100, desc="validating", unit="%", delay=3, leave=False, disable=not self.show_progress,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}") as bar:
+            result = evaluate_tokens(run.model, run.splits.val[:cap], tc.eval_batch_size, tc.seq_length, run.device,
+                                     char_lengths=lengths[:cap] if lengths is not None else None,
+                                     progress=lambda done: bar.update(round(100 * done) - bar.n))
         recent = prog.recent_losses
         train_part = f"train loss {sum(recent) / len(recent):.4f}, " if recent else ""
         prog.recent_losses = []
