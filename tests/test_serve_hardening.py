@@ -124,7 +124,8 @@ def test_docs_are_off_paths_hidden_and_every_error_has_one_shape(loaded):
         assert wrong_method.status_code == 405 and "error" in wrong_method.json()
         broken = client.post("/v1/complete", content=b"{not json", headers={"content-type": "application/json"})
         assert broken.status_code == 422 and "error" in broken.json()
-        assert "checkpoint" not in client.get("/v1/models").json()["models"][0]
+        listed = client.get("/v1/models").json()["models"][0]
+        assert "checkpoint" not in listed and "corpus_path" not in listed and "/" not in listed["corpus"]
         page = client.get("/")
         assert "script-src 'sha256-" in page.headers["content-security-policy"]
         assert page.headers["x-content-type-options"] == "nosniff"

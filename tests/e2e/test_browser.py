@@ -2,7 +2,7 @@
 
 It starts a server on a free loopback port, types a prompt, picks a model, presses Send and sees a
 completion stream in, then asks for the surprise colouring. The screenshot goes to tmp_path, or to
-$RNNLAB_SCREENSHOT (how docs/serve.png in the README was made). .ci/run installs Chromium.
+$RNNLAB_SCREENSHOT. .ci/run installs Chromium.
 """
 
 import os
@@ -54,6 +54,50 @@ def test_a_browser_completes_text_and_shows_surprise(server, tmp_path):
         assert page.eval_on_selector_all("#output span[title$='bits']", "spans => spans.length") > 5
         browser.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def test_the_page_suggests_while_typing_tab_accepts_and_compare_shows_every_model(server, tmp_path):
+    """The blog's text box: a grey suggestion appears as one types (debounced), Tab takes it into the
+    text, and compare mode writes one column per loaded model. Screenshots, light and dark, go to
+    $RNNLAB_SCREENSHOTS (how docs/page-light.png and docs/page-dark.png were made) or tmp_path."""
+    folder = Path(os.environ.get("RNNLAB_SCREENSHOTS", tmp_path))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS, chromium_sandbox=False)
+        for scheme in ("light", "dark"):
+            page = browser.new_page(viewport={"width": 1000, "height": 760}, color_scheme=scheme)
+            page.goto(server)
+            wait_until(page, "document.querySelectorAll('#model option').length == 2")
+            cards = page.inner_text("#cards")
+            assert page.locator(".card").count() == 2 and "trained on /" not in cards and "bits/char" in cards
+            page.fill("#prompt", "")
+            page.click("#prompt")
+            page.keyboard.type("ROMEO:\nWhat ligh", delay=20)
+            wait_until(page, "document.getElementById('ghost').textContent.length > 0")
+            ghost = page.inner_text("#ghost")
+            page.keyboard.press("Tab")
+            assert page.input_value("#prompt") == "ROMEO:\nWhat ligh" + ghost  # Tab accepted the suggestion
+            page.check("#compare")
+            page.fill("#length", "60")
+            page.focus("#prompt")
+            page.keyboard.press("Control+Enter")  # sends
+            wait_until(page, "document.getElementById('status').textContent == 'done'")
+            columns = page.locator("#output .column")
+            assert columns.count() == 2 and [columns.nth(i).locator("h2").inner_text() for i in range(2)] == [
+                "shakespeare", "second"]
+            assert all(len(columns.nth(i).locator(".completion").inner_text()) >= 30 for i in range(2))
+            background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+            assert (background == "rgb(22, 24, 28)") == (scheme == "dark")  # dark mode follows the system
+            page.screenshot(path=str(folder / f"page-{scheme}.png"))
+            page.uncheck("#compare")
+            page.check("#show-bits")
+            page.click("#surprise")
+            wait_until(page, "document.getElementById('status').textContent.includes('bits per character')")
+            assert page.evaluate("document.getElementById('output').classList.contains('bits')")
+            assert page.evaluate("getComputedStyle(document.querySelector('#output .scored[data-bits]'), "
+                                 "'::after').content").strip('"') != "none"  # the bits are written, no hover
+            page.close()
+        browser.close()
+    assert (folder / "page-light.png").stat().st_size > 10_000 and (folder / "page-dark.png").stat().st_size > 10_000
 
 
 XSS_NAME = '<img src=x onerror="window.__xss = 1">'

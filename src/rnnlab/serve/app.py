@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rnnlab.config import SampleConfig, ServeConfig
 from rnnlab.errors import ConfigError
 from rnnlab.sampling import TokenSampler, prompt_ids, sample_config_for
-from rnnlab.serve.engine import Busy, Capacity, LoadedModel, Scheduler, Stream, surprise
+from rnnlab.serve.engine import PATH_KEYS, Busy, Capacity, LoadedModel, Scheduler, Stream, surprise
 from rnnlab.serve.guard import Guard
 
 _SAMPLE_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(SampleConfig)}
@@ -89,7 +89,7 @@ def create_app(models: list[LoadedModel], config: ServeConfig):
 
     @app.get("/v1/models")
     async def list_models():
-        return {"models": [m.info if config.show_paths else {k: v for k, v in m.info.items() if k != "checkpoint"}
+        return {"models": [m.info if config.show_paths else {k: v for k, v in m.info.items() if k not in PATH_KEYS}
                            for m in models]}
 
     @app.post("/v1/complete")

@@ -27,6 +27,17 @@ from rnnlab.sampling import TokenSampler, concat_rows, make_stepper, prime, star
 from rnnlab.training.checkpoint import load_checkpoint
 
 
+PATH_KEYS = ("checkpoint", "corpus_path")  # where things are on the server: listed only with --show-paths
+
+
+def corpus_name(corpus: str) -> str:
+    """What a model card shows of its corpus: a file's name (its folder's for input.txt), not the path."""
+    if "/" not in corpus:
+        return corpus
+    path = Path(corpus)
+    return path.parent.name if path.name == "input.txt" and path.parent.name else path.name
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -45,8 +56,10 @@ class LoadedModel:
         info = {"name": name, "checkpoint": str(ckpt.path), "parameters": model.num_parameters(),
                 "vocab_size": len(ckpt.vocab), "tokenizer": ckpt.vocab.kind, "cell": ckpt.config.model.cell,
                 "layers": ckpt.config.model.num_layers, "hidden_size": ckpt.config.model.hidden_size,
-                "corpus": ckpt.metrics.get("corpus", "unknown"),
-                "best_val_loss": ckpt.metrics.get("best_val_loss", ckpt.metrics.get("val_loss"))}
+                "corpus": corpus_name(str(ckpt.metrics.get("corpus", "unknown"))),
+                "corpus_path": str(ckpt.metrics.get("corpus", "unknown")),
+                "best_val_loss": ckpt.metrics.get("best_val_loss", ckpt.metrics.get("val_loss")),
+                "val_bits_per_char": ckpt.metrics.get("val_bits_per_char")}
         # fp32: a server steps many completions as one batch, where OpenBLAS's fp32 products are fast,
         # and the engine's fp32 weights are the model's own memory (int8 would add a packed copy)
         stepper = make_stepper(model, SampleConfig(engine_weights="fp32"), share_weights=True)
