@@ -74,6 +74,28 @@ def test_the_wheel_ships_the_presets_and_the_version(tmp_path, capsys):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"rnnlab {__version__}"
 
+    # installed from the wheel into a fresh venv (its dependencies seen from this one, without this
+    # checkout's editable rnnlab), a preset is found by name from a folder that holds no presets
+    import site
+    import venv
+
+    fresh = tmp_path / "venv"
+    venv.create(fresh, with_pip=False)
+    python = fresh / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    fresh_site = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+    Path(fresh_site, "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n", encoding="utf-8")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    run = subprocess.run([str(python), "-c", "import rnnlab, sys; print(rnnlab.__file__); from rnnlab.cli import main; "
+                          "sys.exit(main(sys.argv[1:]))", "--quiet", "train", "--config", "char_rnn_classic",
+                          "--max-steps", "2", "--eval-every", "2", "--sample-length", "0", "--checkpoint-dir", "ck"],
+                         cwd=work, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0].startswith(fresh_site) and (work / "ck" / "best.json").is_file()
+
 
 def test_the_three_line_api_trains_completes_and_scores(tmp_path, capsys):
     import rnnlab
