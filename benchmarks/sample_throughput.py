@@ -55,14 +55,17 @@ def main():
         model = load_checkpoint(args.checkpoint).build_model("cpu").eval()
     else:
         model = RecurrentLM(ModelConfig(cell="lstm", num_layers=2, hidden_size=512, embedding_size=128), 65).eval()
-    int8 = make_stepper(model, SampleConfig())
+    int8 = make_stepper(model, SampleConfig(engine_weights="int8"))
     fp32 = make_stepper(model, SampleConfig(engine_weights="fp32"))
+    chosen = make_stepper(model, SampleConfig())  # the default: int8 only where its probe is within 1e-2
+    gap = getattr(chosen, "probe_gap", None)
     print(f"machine: {machine()}")
     print(f"model: {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()}, "
           f"{model.num_parameters():,} parameters, {'trained' if args.checkpoint else 'random'} weights; "
-          f"int8 engine: {int8.weights}; chars/s as median (range, n)")
+          f"int8 engine: {int8.weights}; the default (auto) engine chose {chosen.weights}"
+          f"{f' (its probe measured an int8 gap of {gap:.2e})' if gap is not None else ''}; chars/s as median (range, n)")
     single = interleaved({"int8": int8, "fp32": fp32}, SampleConfig(length=args.length), args.repeats)
-    print(f"  single stream, engine int8 (default): {summary(single['int8'])}")
+    print(f"  single stream, engine int8:           {summary(single['int8'])}")
     print(f"  single stream, engine fp32:           {summary(single['fp32'])}")
     torch_step = chars_per_second(model, SampleConfig(length=max(args.length // 8, 200)), args.repeats)
     print(f"  single stream, torch model step:      {summary(torch_step)}")

@@ -91,6 +91,65 @@ def test_sampling_uses_the_int8_engine_by_default_and_fp32_on_request():
     assert make_stepper(model, SampleConfig(engine_weights="fp32")).weights == "fp32"
 
 
+def trained_twice(tmp_path, seed: int, hidden: int):
+    from conftest import tiny_config
+
+    from rnnlab.training.checkpoint import load_checkpoint
+    from rnnlab.training.loop import train
+
+    config = tiny_config(tmp_path / f"ck{seed}", max_steps=30, eval_every=30, seed=seed)
+    config.model.hidden_size = hidden
+    train(config, progress_bar=False)
+    return load_checkpoint(tmp_path / f"ck{seed}").build_model("cpu").eval()
+
+
+def test_the_default_engine_is_checked_on_each_checkpoint_and_stays_within_the_tolerance(tmp_path):
+    """Two differently trained checkpoints: the engine the default picks is within the tolerance of the
+    fp32 model on each (int8 where int8 passes its probe, fp32 otherwise)."""
+    from rnnlab.sampling import ENGINE_TOLERANCE, make_stepper
+
+    for seed, hidden in ((1, 32), (2, 48)):
+        model = trained_twice(tmp_path, seed, hidden)
+        engine = make_stepper(model, SampleConfig())
+        if not hasattr(engine, "probe_gap"):
+            pytest.skip("this torch build has no quantized CPU kernels")
+        assert largest_probability_gap(model, engine, [0, 1, 2], steps=300, seed=seed) < ENGINE_TOLERANCE
+        assert (engine.weights == "int8") == (engine.probe_gap <= ENGINE_TOLERANCE)
+
+
+def test_a_checkpoint_where_int8_strays_falls_back_to_the_exact_engine(caplog):
+    """A crafted checkpoint: hidden unit 0 is held near 1 (its gates saturated by their biases) and every
+    recurrent row gives it a huge weight, taken back by that row's bias. The fp32 model barely sees it,
+    but int8's per-row scale grows with it and rounds every other recurrent weight to nothing: the
+    int8 engine's probabilities are far off. The default engine measures that and samples with fp32,
+    saying so."""
+    import logging
+
+    from rnnlab.sampling import ENGINE_TOLERANCE, make_stepper
+
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=64, embedding_size=16, dropout=0.0), 30).eval()
+    hidden = 64
+    with torch.no_grad():
+        for gate in range(4):  # i, f, g, o of unit 0: driven by their biases alone
+            model.layers.weight_ih_l0[gate * hidden].zero_()
+            model.layers.weight_hh_l0[gate * hidden].zero_()
+            model.layers.bias_l0[gate * hidden] = 20.0
+        others = [row for row in range(4 * hidden) if row % hidden != 0]
+        model.layers.weight_hh_l0[others, 0] = 100.0
+        model.layers.bias_l0[others] -= 100.0
+        model.head.weight.mul_(8.0)  # (a distribution with some shape to it)
+    insisted = make_stepper(model, SampleConfig(engine_weights="int8"))
+    if insisted.weights != "int8":
+        pytest.skip("this torch build has no quantized CPU kernels")
+    assert largest_probability_gap(model, insisted, [0], steps=200) > ENGINE_TOLERANCE  # the crafted case
+    caplog.set_level(logging.WARNING, logger="rnnlab")
+    engine = make_stepper(model, SampleConfig())
+    assert engine.weights == "fp32" and engine.probe_gap > ENGINE_TOLERANCE
+    assert "sampling with exact fp32 weights" in caplog.text
+    assert largest_probability_gap(model, engine, [0], steps=200) < 1e-4
+
+
 @pytest.mark.parametrize("window, pooling, embedding, layers", [
     (1, "f", 0, 1), (1, "fo", 12, 3), (2, "fo", 12, 3), (2, "ifo", 0, 2), (2, "f", 12, 1)])
 def test_qrnn_engine_matches_the_model_step_and_continues_a_prompt(window, pooling, embedding, layers):

@@ -312,5 +312,31 @@ def make_stepper(model, config: SampleConfig, share_weights: bool = False):
     plain_output = model.head is not None and model.projection is None  # what the engine re-expresses
     if config.fast and device.type == "cpu" and plain_output:
         from rnnlab.models.cpu_engine import step_engine
+        if config.engine_weights == "auto":
+            return accurate_engine(model, share_weights)
         return step_engine(model, config.engine_weights, share_weights)
     return model
+
+
+ENGINE_TOLERANCE = 1e-2  # the most an engine's next-token probabilities may differ from the fp32 model's
+PROBE_STEPS = 200
+
+
+def accurate_engine(model, share_weights: bool = False, tolerance: float = ENGINE_TOLERANCE):
+    """The int8 engine if, on this model, it stays within `tolerance` of the model's own fp32 step along a
+    short deterministic probe (PROBE_STEPS tokens drawn from the model, from its line start); else the
+    exact fp32 engine, saying so once. The gap measured is kept as `probe_gap`."""
+    from rnnlab.models.cpu_engine import step_engine
+
+    quantized = step_engine(model, "int8", share_weights)
+    if quantized.weights != "int8":  # (this torch has no quantized kernels: the engine is fp32 already)
+        return quantized
+    gap = largest_probability_gap(model, quantized, [0], steps=PROBE_STEPS)
+    quantized.probe_gap = gap
+    if gap <= tolerance:
+        return quantized
+    log.warning("the int8 engine's next-token probabilities stray up to %.3g from this model's (over the %g "
+                "tolerance): sampling with exact fp32 weights (--engine-weights int8 insists on int8)", gap, tolerance)
+    exact = step_engine(model, "fp32", share_weights)
+    exact.probe_gap = gap
+    return exact

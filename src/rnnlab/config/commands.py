@@ -29,10 +29,12 @@ class SampleConfig:
                           needs=(lambda s: s.sampling == "windowed", "--sampling windowed"))
     seed: int = setting(0, "random seed: the same seed gives the same text on the same machine")
     fast: bool = setting(True, "use the single-step engine on CPU (--no-fast steps with the model's torch code)")
-    engine_weights: str = setting("int8", "weights of the CPU engine: int8 (fbgemm, one scale per row; about 1.25x faster "
-                             "than fp32 on one stream, 2.7x on 64, next-token probabilities within 1e-2 of it, "
-                             "tested) or fp32 (exact: the same text as --no-fast for a seed)", choices=("int8", "fp32"),
-                             needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))
+    engine_weights: str = setting("auto", "weights of the CPU engine: auto (int8 where, on this checkpoint, a short "
+                                          "probe finds its next-token probabilities within 1e-2 of the fp32 model's; "
+                                          "else fp32, said once), int8 (fbgemm, one scale per row: faster, as "
+                                          "measured in BENCHMARKS.md, with no accuracy check) or fp32 (exact: the "
+                                          "same text as --no-fast for a seed)", choices=("auto", "int8", "fp32"),
+                                  needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))
     device: str = setting("cpu", "where to run the model", choices=("auto", "cpu", "cuda"))
 
     def validate(self) -> None:

@@ -26,7 +26,6 @@ from rnnlab.data.vocab import Vocab
 from rnnlab.sampling import TokenSampler, concat_rows, make_stepper, prime, start, step, take_rows
 from rnnlab.training.checkpoint import load_checkpoint
 
-
 PATH_KEYS = ("checkpoint", "corpus_path")  # where things are on the server: listed only with --show-paths
 
 
