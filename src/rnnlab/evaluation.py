@@ -70,7 +70,7 @@ def scored_characters(char_lengths: np.ndarray | None, first_scored: int) -> int
     """Characters covered by tokens[first_scored:] (0 when every token is one character)."""
     if char_lengths is None:
         return 0
-    return int(np.asarray(char_lengths[first_scored:], dtype=np.int64).sum())
+    return int(np.sum(char_lengths[first_scored:], dtype=np.int64))  # (summed in place: no copy of a memmap)
 
 
 @torch.inference_mode()
@@ -132,15 +132,15 @@ def evaluate_windowed(model, tokens: np.ndarray, window: int, batch_size: int = 
     if n - first < 1:
         raise CorpusError("evaluation needs at least two tokens" if burn_in <= 1 else
                           f"evaluation needs more than the {burn_in} tokens of burn-in")
-    ids = np.asarray(tokens, dtype=np.int64)
+    ids = tokens  # (read in windows as they are scored: a memmap is never copied whole)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            total = sum(_last_token_nats(model, ids[:t][None, :], ids[t:t + 1], device)
+            total = sum(_last_token_nats(model, np.asarray(ids[:t], dtype=np.int64)[None, :], ids[t:t + 1], device)
                         for t in range(first, min(window, n)))  # the first tokens: what context they have
             windows = (np.lib.stride_tricks.sliding_window_view(ids, window + 1) if n > window
-                       else np.zeros((0, window + 1), dtype=np.int64))  # (n - window, window + 1)
+                       else np.zeros((0, window + 1), dtype=np.int64))  # (n - window, window + 1): a view
             windows = windows[max(0, first - window):]  # (row i predicts token i + window)
             for begin in range(0, len(windows), batch_size):
                 chunk = windows[begin:begin + batch_size]
@@ -151,9 +151,9 @@ def evaluate_windowed(model, tokens: np.ndarray, window: int, batch_size: int = 
 
 
 def _last_token_nats(model, contexts: np.ndarray, targets: np.ndarray, device) -> float:
-    logits, _ = model.prime(torch.tensor(np.asarray(contexts), dtype=torch.long, device=device))  # (a copy:
+    logits, _ = model.prime(torch.tensor(np.asarray(contexts, dtype=np.int64), device=device))  # (a copy:
     log_probs = torch.log_softmax(logits.float(), dim=-1)                                      # views are read-only)
-    picked = log_probs.gather(-1, torch.tensor(np.asarray(targets), dtype=torch.long, device=device)[:, None])
+    picked = log_probs.gather(-1, torch.tensor(np.asarray(targets, dtype=np.int64), device=device)[:, None])
     return float(-picked.sum())
 
 
