@@ -441,8 +441,8 @@ def cmd_sweep(args) -> int:
     interrupted = False
     try:
         study = run_sweep(sweep, progress_bar=not args.no_progress and not args.quiet, verbose=not args.quiet)
-    except SweepInterrupted as exc:
-        interrupted, study = str(exc), None
+    except (SweepInterrupted, KeyboardInterrupt) as exc:  # (the report is written with what there is)
+        interrupted, study = str(exc) or "the running trials were checkpointed; the same command continues", None
     written = _sweep_outputs(sweep, study)
     if interrupted:
         print(f"rnnlab: interrupted: {interrupted}", file=sys.stderr)
