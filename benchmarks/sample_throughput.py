@@ -10,7 +10,9 @@ and the largest difference between each engine's and the fp32 model's next-chara
 distributions over 500 steps (stated tolerances: 1e-4 for fp32, 1e-2 for int8). With
 --checkpoint, the model is that trained checkpoint (random weights give flat distributions, on
 which any error looks small); it must be a 2x512 LSTM for the figures to compare.
-Targets: >= 8,000 chars/s single-stream, progressive >= 10x windowed.
+Then each engine's speed as a ratio to the torch step measured in the same run, and where a
+character's time goes (matrix products, gate math, output layer, sampling, the rest).
+Targets: >= 8,000 chars/s single-stream and >= 4x the torch step, progressive >= 10x windowed.
 
     python benchmarks/sample_throughput.py [--repeats 5] [--length 4000] [--checkpoint DIR]
 """
@@ -41,6 +43,57 @@ def interleaved(steppers: dict, config: SampleConfig, repeats: int) -> dict[str,
                 count = sum(1 for _ in generate(stepper, [0, 1, 2], config))
             rates[name].append(count * config.num_samples / t.seconds)
     return rates
+
+
+def where_the_time_goes(engine, total_us: float, steps: int = 2000) -> list[tuple[str, float]]:
+    """Microseconds per character of one stream, split: the matrix products (per layer; for the last,
+    without the output layer), the gate math, the output layer's product, the sampler's draw, and the
+    rest (Python, NumPy calls, state handling) as what the total leaves. Each part timed alone, in a
+    loop, on the engine's own arrays, with torch kept to one thread as the sampler keeps it."""
+    import time
+
+    import numpy as np
+
+    from rnnlab.sampling import TokenSampler
+
+    rng = np.random.default_rng(0)
+    hidden, gw = engine.hidden, engine.gate_width
+    h = rng.uniform(-1, 1, (1, hidden)).astype(np.float32)
+    c = rng.uniform(-1, 1, (1, hidden)).astype(np.float32)
+    gates = rng.uniform(-1, 1, (1, gw)).astype(np.float32)
+    h_out, c_out = np.empty_like(h), np.empty_like(c)
+    last = engine.num_layers - 1
+    head = engine.stacked[last][:-gw]
+
+    def timed(work) -> float:
+        work()
+        started = time.perf_counter()
+        for _ in range(steps):
+            work()
+        return (time.perf_counter() - started) / steps * 1e6
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        products = 0.0
+        for k in range(engine.num_layers):
+            if engine.weights == "int8":
+                products += timed(lambda k=k: engine._int8_product(k, h))
+            elif k < last:
+                products += timed(lambda k=k: engine._product(k, h))
+            else:
+                recurrent = engine.stacked[last][-gw:]
+                products += timed(lambda: np.dot(recurrent, h[0]))
+        gate_math = engine.num_layers * timed(lambda: engine._lstm(gates.copy(), c, h_out, c_out))
+        output = timed(lambda: h @ head.T)
+        sampler = TokenSampler(SampleConfig(), 1, seed=0)
+        logits = torch.from_numpy(rng.normal(size=(1, engine.vocab_size)).astype(np.float32))
+        drawing = timed(lambda: sampler(logits))
+    finally:
+        torch.set_num_threads(previous)
+    parts = [("matrix products (recurrent and between layers)", products), ("gate math", gate_math),
+             ("output layer", output), ("sampling the token", drawing)]
+    return parts + [("the rest: Python, NumPy calls, state", max(total_us - sum(v for _, v in parts), 0.0))]
 
 
 def main():
@@ -80,6 +133,16 @@ def main():
     for name, engine in (("int8", int8), ("fp32", fp32)):
         print(f"engine {name} vs fp32 model, largest next-character probability gap over 500 steps: "
               f"{largest_probability_gap(model, engine, [0, 1, 2], steps=500):.2e}")
+    torch_rate = statistics.median(torch_step)
+    for name, engine in (("int8", int8), ("fp32", fp32)):
+        rate = statistics.median(single[name])
+        print(f"engine {name}: {rate / torch_rate:.2f}x the torch step; where a character's "
+              f"{1e6 / rate:.0f} us go (each part timed alone):")
+        if model.config.cell != "lstm":
+            print("  (the split is measured for LSTM engines)")
+            continue
+        for part, micros in where_the_time_goes(engine, 1e6 / rate):
+            print(f"  {part:<48} {micros:8.1f} us  ({100 * micros * rate / 1e6:4.1f}%)")
 
 
 if __name__ == "__main__":
