@@ -83,7 +83,7 @@ def where_the_time_goes(engine, total_us: float, steps: int = 2000) -> list[tupl
                 products += timed(lambda k=k: engine._product(k, h))
             else:
                 recurrent = engine.stacked[last][-gw:]
-                products += timed(lambda: np.dot(recurrent, h[0]))
+                products += timed(lambda recurrent=recurrent: np.dot(recurrent, h[0]))
         gate_math = engine.num_layers * timed(lambda: engine._lstm(gates.copy(), c, h_out, c_out))
         output = timed(lambda: h @ head.T)
         sampler = TokenSampler(SampleConfig(), 1, seed=0)
