@@ -273,7 +273,7 @@ def _colouring(plt, knob: Knob, values: list):
         cmap = plt.get_cmap("viridis")
 
         def legend(ax):
-            bar = plt.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax)
+            bar = plt.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.16)  # (past the 2^H axis)
             bar.set_label(knob.name)
 
         return (lambda v: cmap(norm(v)) if v is not None else "grey"), legend
