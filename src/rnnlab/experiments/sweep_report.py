@@ -307,7 +307,9 @@ def _optuna_plots(plt, study, sweep: Sweep, completed: int) -> dict[str, Path]:
             except (ValueError, RuntimeError, ZeroDivisionError):  # (too few distinct trials for this one)
                 continue
             figure = _figure_of(axes)
-            figure.set_size_inches(max(8, figure.get_figwidth()), max(5, figure.get_figheight()))
+            width, height = {"parallel.png": (max(9, 1.9 * (len(sweep.knobs) + 1)), 6),
+                             "slice.png": (max(8, 3.3 * len(sweep.knobs)), 4.5)}.get(name, (9, 5))
+            figure.set_size_inches(width, height)
             figure.tight_layout()
             written[name] = _save(plt, figure, sweep.out / name)
     return written
