@@ -240,4 +240,5 @@ def test_the_fitting_hint_of_a_word_model_compares_losses_per_character(tmp_path
     numbers = [float(x) for x in re.findall(r"(\d+\.\d{4})", result.hint)]
     val_per_char = next(n for n in numbers if n != result.train_loss)
     assert "nats/char" in result.hint
+    assert "too early to tell" in result.hint  # (4 steps, one validation: no verdict on an untrained model)
     assert val_per_char < result.val_loss / 3  # a PTB word covers about 5.6 characters with its space
