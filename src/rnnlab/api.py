@@ -49,11 +49,26 @@ def train(data=None, *, config: str | Path | None = None, resume: str | Path | N
             raise ConfigError("train(run) trains that run as it is: give settings to resolve_run instead")
         return train_run(data, resume=resume, init_from=init_from, progress_bar=progress_bar,
                          after_validation=after_validation)
+    _show_progress_lines()
     overrides = settings_from_keywords(settings)
     if data is not None:
         overrides.setdefault("data", {})["path"] = str(data)
     run = resolve_run(config, overrides, resume=resume, init_from=init_from)
     return train_run(run, progress_bar=progress_bar, after_validation=after_validation)
+
+
+def _show_progress_lines() -> None:
+    """Outside the CLI (a notebook, a script) rnnlab's log lines would go nowhere: give its logger a
+    handler to stderr unless the program configured logging itself."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("rnnlab")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 class LanguageModel:

@@ -235,9 +235,10 @@ class TrainConfig:
                                              "--eval-every steps (0 = by steps); a sweep's time-budgeted trials use "
                                              "it so that the k-th validation of every trial falls at the same time",
                                         resumable=True)
-    eval_tokens: int = setting(0, "validate on the first N tokens of the val split (0 = auto: an eighth of the "
-                                  "tokens trained between validations, at least 65,536 — a few percent of the "
-                                  "training time); the whole split is scored once more at the end", resumable=True)
+    eval_tokens: int = setting(0, "validate on the first N tokens of the val split (0 = auto: 64 batches' worth, "
+                                  "at least 65,536 — a few percent of the training time at the default cadence); "
+                                  "the whole split is scored once more at the end. Fixed for a run: every "
+                                  "validation of it scores the same tokens")
     eval_batch_size: int = setting(64, "parallel streams when validating")
     log_every: int = setting(50, "write a train-loss line to the run log every N steps", resumable=True)
     checkpoint_dir: str = setting("checkpoints", "where checkpoints and the run log are written", resumable=True,

@@ -135,7 +135,10 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: Va
         meter.close()
         saver.close()
     result = _result(run, stop.requested)
-    result.whole_val_loss = whole.nats_per_token if whole is not None else result.val_loss
+    if whole is not None:
+        result.whole_val_loss = whole.nats_per_token
+    elif not stop.requested:  # (every validation scored the whole split)
+        result.whole_val_loss = result.val_loss
     return result
 
 
@@ -334,11 +337,12 @@ class TensorBoard:
 
 
 def validation_tokens(run: Run) -> int:
-    """How much of the val split a validation scores: --eval-tokens, or by default an eighth of the tokens
-    trained between validations (a forward pass costs about a third of a training step's, so about 4%
-    of the training time), at least 65,536; never more than the split."""
+    """How much of the val split a validation scores: --eval-tokens, or by default 64 batches' worth of
+    tokens, at least 65,536 (a forward pass costs about a third of a training step's, so at the default
+    500 steps between validations about 4% of the training time); never more than the split. It
+    depends on no setting a resume may change, so every validation of a run scores the same tokens."""
     tc = run.config.train
-    cap = tc.eval_tokens or max(65_536, tc.eval_every * tc.batch_size * tc.seq_length // 8)
+    cap = tc.eval_tokens or max(65_536, 64 * tc.batch_size * tc.seq_length)
     return min(cap, len(run.splits.val))
 
 
@@ -398,7 +402,7 @@ class Meter:
         tc, prog = self.run.config.train, self.run.progress
         done = prog.step - self.first_step
         per_step = (self.elapsed() - self.first_elapsed) / done if done else math.inf
-        by_steps = (prog.planned_steps - prog.step) * per_step
+        by_steps = max(prog.planned_steps - prog.step, 0) * per_step
         if self.by_time:
             return max(0.0, min(tc.max_minutes * 60.0 - self.elapsed(), by_steps))
         return by_steps
