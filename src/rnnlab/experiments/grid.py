@@ -40,7 +40,7 @@ from rnnlab.experiments.sweep import (
     run_sweep,
     superseded_numbers,
 )
-from rnnlab.training.checkpoint import read_pointer
+from rnnlab.training.checkpoint import atomic_write, read_pointer
 from rnnlab.training.loop import train
 from rnnlab.training.run import absolute_paths, resolve_run
 
@@ -113,7 +113,13 @@ def _read_curve(folder: Path) -> list[dict]:
     path = folder / "curve.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    points = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            points.append(json.loads(line))
+        except ValueError:  # (a line torn by a kill: that point is scored again)
+            break
+    return points
 
 
 def _append_curve(folder: Path, point: dict) -> None:
@@ -213,23 +219,26 @@ def run_grid(config: GridExperimentConfig, progress_bar: bool = True, verbose: b
             if verbose:
                 log.warning("grid: %s, %s: %d runs of %d batches", corpus, part, len(trials), config.steps)
             run_sweep(sweep, progress_bar=progress_bar, verbose=verbose)
-            results["runs"] += collect_runs(study, corpus, part)
+            results["runs"] += collect_runs(study, corpus, part, config.steps)
     out = Path(config.out)
-    (out / "grid.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    atomic_write(out / "grid.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2), encoding="utf-8"))
     from rnnlab.experiments.grid_report import write_report
 
     write_report(results, config, out)
     return results
 
 
-def collect_runs(study, corpus: str, part: str) -> list[dict]:
+def collect_runs(study, corpus: str, part: str, steps: int) -> list[dict]:
+    """The finished runs of a part: complete (their curve reached `steps`) or diverged."""
     runs = []
     trials = study.get_trials(deepcopy=False)
     superseded = superseded_numbers(trials)  # (a retried copy stands in for them)
     for trial in trials:
         curve = trial.user_attrs.get("curve")
-        if trial.state.name not in ("COMPLETE", "PRUNED", "FAIL") or not curve or trial.number in superseded:
+        if trial.state.name not in ("COMPLETE", "PRUNED") or not curve or trial.number in superseded:
             continue
+        if trial.user_attrs.get("outcome") != "diverged" and curve[-1]["steps"] < steps:
+            continue  # (a run that stopped short: its last point is no final figure)
         params = {k.split(".", 1)[1]: v for k, v in trial.params.items()}
         runs.append({"corpus": corpus, "part": part, **params, "curve": curve,
                      "outcome": trial.user_attrs.get("outcome", trial.state.name.lower())})

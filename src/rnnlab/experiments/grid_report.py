@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rnnlab.config import GridExperimentConfig
 from rnnlab.experiments.grid import PAPER_COLOURS, spread
+from rnnlab.training.checkpoint import atomic_write
 
 TIE = 0.01  # two figures within 1% of each other are a tie, not a verdict
 LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1)))
@@ -161,7 +162,7 @@ def write_figures(runs: list[dict], config: GridExperimentConfig, out: Path) -> 
     written = []
 
     def save(figure, name):
-        figure.savefig(out / name)
+        atomic_write(out / name, lambda tmp: figure.savefig(tmp, format="png"))
         plt.close(figure)
         written.append(name)
 
@@ -323,4 +324,4 @@ def write_report(results: dict, config: GridExperimentConfig, out: Path) -> None
     lines += ["", "## Final perplexities"] + tables(runs, config)
     if figures:
         lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
-    (out / "grid.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(out / "grid.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
