@@ -201,17 +201,7 @@ class GridExperimentConfig:
 
     def corpora(self) -> dict[str, str | None]:
         """NAME -> PATH (None: the embedded corpus)."""
-        if not self.data:
-            return {"tinyshakespeare": None}
-        items = {}
-        for item in self.data:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path or "/" in name:
-                raise ConfigError(f"--corpus takes NAME=PATH, got {item!r}")
-            if name in items:
-                raise ConfigError(f"two --corpus items are named {name!r}")
-            items[name] = path
-        return items
+        return named_paths(self.data, "corpus") if self.data else {"tinyshakespeare": None}
 
 
 def parse_architectures(text: str) -> tuple[tuple[int, int], ...]:
@@ -303,16 +293,20 @@ class MatrixConfig:
             raise ConfigError(f"--model names {', '.join(unknown)}, which no --corpus is called")
 
     def named(self, field_name: str) -> dict[str, str]:
-        """NAME=PATH items as {NAME: PATH}, each name once."""
-        items = {}
-        for item in getattr(self, field_name):
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise ConfigError(f"--{field_name} takes NAME=PATH, got {item!r}")
-            if name in items:
-                raise ConfigError(f"two --{field_name} items are named {name!r}")
-            items[name] = path
-        return items
+        return named_paths(getattr(self, field_name), field_name)
+
+
+def named_paths(items: list[str], flag: str) -> dict[str, str]:
+    """NAME=PATH items as {NAME: PATH}, each name once (a name is a folder's name in the outputs)."""
+    named = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or "/" in name:
+            raise ConfigError(f"--{flag} takes NAME=PATH, got {item!r}")
+        if name in named:
+            raise ConfigError(f"two --{flag} items are named {name!r}")
+        named[name] = path
+    return named
 
 
 @dataclass
