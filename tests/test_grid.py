@@ -83,7 +83,7 @@ def test_each_scheme_is_scored_the_way_it_samples(grid):
     seen = set()
     for trial in study.trials:
         scheme = trial.params["train.scheme"]
-        folder = Path(trial.user_attrs["folder"])
+        folder = grid / "out" / "a" / "schemes" / trial.user_attrs["folder"]
         model = load_checkpoint(folder / read_pointer(folder, "last")["file"]).build_model()
         windowed = evaluate_windowed(model, test, window=8, burn_in=8).nats_per_token
         progressive = evaluate_tokens(model, test, batch_size=1, seq_length=256, burn_in=8).nats_per_token

@@ -242,7 +242,7 @@ def test_the_best_run_samples_and_its_preset_trains(finished, tmp_path, capsys):
                  "--checkpoint-dir", str(tmp_path / "again")])
     assert code == 0 and (tmp_path / "again" / "best.json").is_file()
     trained = starts(tmp_path / "again")[0]["config"]
-    best_trial = trial_rows(study_of(finished))[0]
+    best_trial = trial_rows(study_of(finished), finished)[0]
     assert trained["model"]["hidden_size"] == best_trial.params["model.hidden_size"]
     assert trained["train"]["learning_rate"] == pytest.approx(best_trial.params["train.learning_rate"])
     capsys.readouterr()
@@ -257,7 +257,7 @@ def test_the_curves_figure_has_labelled_axes_and_one_row_per_knob(files, finishe
     sweep = prepare_sweep(SweepConfig(space=str(files / "space.toml"), out=str(finished),
                                       config=str(files / "base.toml"), trial_steps=24, validations=3),
                           str(files / "corpus.txt"))
-    figure = curves_figure(plt, sweep.knobs, trial_rows(study_of(finished)))
+    figure = curves_figure(plt, sweep.knobs, trial_rows(study_of(finished), finished))
     axes = [ax for ax in figure.axes if ax.get_xlabel()]
     assert [ax.get_xlabel() for ax in axes[:2]] == ["epoch (passes over the training split)", "wall time (minutes)"]
     assert all(ax.get_ylabel() == "validation bits per character" for ax in axes[:4])
@@ -317,7 +317,7 @@ def test_a_stopped_sweep_continues_its_trial_from_the_checkpoint(files, tmp_path
     runs = starts(folder)
     assert [r["resumed"] for r in runs] == [False, True] and runs[1]["step"] > 0
     assert len(starts(out / "trials" / "0000")) == 1  # the finished trial was not run again
-    rows = trial_rows(study_of(out))
+    rows = trial_rows(study_of(out), out)
     assert sorted(r.outcome for r in rows) == ["complete", "complete"]
     assert {Path(r.folder).name for r in rows} == {"0000", "0001"}
     assert next(r for r in rows if r.folder.endswith("0001")).steps == 400
@@ -333,7 +333,7 @@ def test_the_pruner_stops_a_trial_that_is_worse_than_the_median(files, tmp_path)
     for rate in (0.006, 0.008, 1e-7):  # the bad rate last, once the pruner has trials to compare with
         study.enqueue_trial({"train.learning_rate": rate})
     run_sweep(sweep, progress_bar=False, verbose=False)
-    rows = {r.params["train.learning_rate"]: r for r in trial_rows(study_of(tmp_path / "out"))}
+    rows = {r.params["train.learning_rate"]: r for r in trial_rows(study_of(tmp_path / "out"), tmp_path / "out")}
     assert rows[0.006].outcome == rows[0.008].outcome == "complete"
     bad = rows[1e-7]
     assert bad.outcome == "pruned" and bad.validations == 2 and bad.steps == 20  # stopped at its second validation
@@ -349,3 +349,129 @@ def test_workers_on_one_machine_share_the_study(files, tmp_path):
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
     folders = sorted(p.name for p in (out / "trials").iterdir())
     assert folders == ["0000", "0001", "0002", "0003"] and all(len(starts(out / "trials" / f)) == 1 for f in folders)
+
+
+# --- claims, retries and folders --------------------------------------------------------------------
+
+def small_sweep(files, out: Path, **settings) -> "Sweep":  # noqa: F821
+    config = SweepConfig(space=str(files / "space.toml"), out=str(out), config=str(files / "base.toml"),
+                         trial_steps=24, validations=3, **settings)
+    return prepare_sweep(config, str(files / "corpus.txt"))
+
+
+def test_sqlite_transactions_take_the_write_lock_when_they_begin(files, tmp_path):
+    """Optuna claims a queued trial by reading it and then writing it: on SQLite that is atomic only if
+    every transaction takes the write lock first (BEGIN IMMEDIATE), so a read waits for another writer."""
+    import sqlite3
+    import threading
+
+    study = open_study(small_sweep(files, tmp_path / "out"), worker=0)
+    holder = sqlite3.connect(tmp_path / "out" / "sweep.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    reader = threading.Thread(target=study.get_trials)
+    reader.start()
+    reader.join(timeout=1.0)
+    assert reader.is_alive()  # (a deferred transaction would have read at once)
+    holder.execute("ROLLBACK")
+    reader.join(timeout=30)
+    assert not reader.is_alive()
+
+
+def test_two_queued_copies_of_one_trial_run_once_and_a_queue_only_study_draws_nothing(files, tmp_path):
+    from rnnlab.errors import RnnlabError
+    from rnnlab.experiments.sweep import Objective, live_trials
+    from rnnlab.training.loop import StopRequest
+
+    sweep = small_sweep(files, tmp_path / "out", trials=2)
+    sweep.queued_only = True
+    study = open_study(sweep, worker=0)
+    for values in ({"train.learning_rate": 0.006, "model.hidden_size": 16},) * 2 + \
+            ({"train.learning_rate": 0.008, "model.hidden_size": 24},):  # (two invocations queued the first)
+        study.enqueue_trial(values, skip_if_exists=False)
+    run_sweep(sweep, progress_bar=False, verbose=False)
+    trials = study_of(tmp_path / "out").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["outcome"] == "surplus" and not (tmp_path / "out" / "trials" / "0001").exists()
+    assert [t.number for t in live_trials(trials)] == [0, 2]
+    assert len(trial_rows(study, tmp_path / "out")) == 2
+    # a fresh draw (another worker took the last queued trial first) is given up, not run off the queue
+    study.optimize(Objective(sweep, 1, StopRequest()), n_trials=1, catch=(RnnlabError,))
+    last = study_of(tmp_path / "out").trials[-1]
+    assert last.state.name == "FAIL" and last.user_attrs["outcome"] == "surplus"
+    assert not (tmp_path / "out" / "trials" / f"{last.number:04d}").exists()
+
+
+def test_a_fresh_trial_starts_over_what_a_deleted_study_left_and_folders_are_relative(files, tmp_path):
+    out = tmp_path / "out"
+    assert main(sweep_args(files, out, "--trials", "1")) == 0
+    assert study_of(out).trials[0].user_attrs["folder"] == "trials/0000"  # (machines' --out may differ)
+    (out / "sweep.db").unlink()
+    assert main(sweep_args(files, out, "--trials", "1")) == 0
+    runs = starts(out / "trials" / "0000")
+    assert runs and not any(r["resumed"] for r in runs)  # a new trial 0, not a resume of the old one's run
+    before = (out / "trials" / "0000" / "log.jsonl").read_text(encoding="utf-8")
+    assert main(sweep_args(files, out, "--trials", "1", "--study", "other")) == 0
+    assert len(starts(out / "trials-other" / "0000")) == 1  # another study in the folder: its own run folders
+    assert (out / "trials" / "0000" / "log.jsonl").read_text(encoding="utf-8") == before
+
+
+def crashing_trainer(objective, trial, folder, values):
+    raise RuntimeError("boom")
+
+
+def test_a_trial_that_fails_on_a_non_rnnlab_error_is_recorded_and_not_retried(files, tmp_path):
+    from rnnlab.experiments.sweep import retry_interrupted
+
+    sweep = small_sweep(files, tmp_path / "out", trials=1)
+    sweep.trainer = crashing_trainer
+    study = run_sweep(sweep, progress_bar=False, verbose=False)
+    (trial,) = study.trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["outcome"] == "error"
+    assert trial.user_attrs["message"].startswith("RuntimeError: boom (traceback in ")
+    assert "crashing_trainer" in (tmp_path / "out" / "trials" / "0000" / "error.txt").read_text(encoding="utf-8")
+    retry_interrupted(study)
+    assert len(study.trials) == 1
+
+
+def test_a_trial_the_study_failed_while_it_ran_stops_quietly(files, tmp_path):
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from rnnlab.experiments.sweep import Objective
+    from rnnlab.training.loop import StopRequest
+
+    study = open_study(small_sweep(files, tmp_path / "out"), worker=0)
+    trial = study.ask()
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # (its heartbeat went stale)
+    objective = Objective(small_sweep(files, tmp_path / "out"), 1, StopRequest())
+    run = SimpleNamespace(progress=SimpleNamespace(val_losses=[1.0]))
+    assert objective.report(trial, run, SimpleNamespace(bits_per_char=1.0)) is True and objective.taken_away
+
+
+def test_ctrl_c_during_a_validation_is_kept_when_the_pruner_also_stops_the_trial(files, tmp_path):
+    from types import SimpleNamespace
+
+    from rnnlab.experiments.sweep import Objective
+    from rnnlab.training.loop import StopRequest
+
+    study = open_study(small_sweep(files, tmp_path / "out"), worker=0)
+    stop = StopRequest()
+    objective = Objective(small_sweep(files, tmp_path / "out"), 1, stop)
+    stop.request("received SIGINT")  # (during the validation the pruner is about to see)
+    objective.report(study.ask(), SimpleNamespace(progress=SimpleNamespace(val_losses=[1.0])),
+                     SimpleNamespace(bits_per_char=1.0))
+    assert objective.user_stopped
+
+
+def test_the_blog_space_continues_with_the_ranges_the_study_began_with(files, tmp_path):
+    config = SweepConfig(space="blog", out=str(tmp_path / "out"), trial_steps=24)
+    first = prepare_sweep(config, str(files / "corpus.txt"))
+    study = open_study(first, worker=0)
+    saved = study.user_attrs["sweep"]
+    hidden = next(k for k in saved["space"] if k["name"] == "model.hidden_size")
+    hidden["choices"] = [32, 48]  # (as another machine, e.g. one with a GPU, sized it)
+    study.set_user_attr("sweep", saved)
+    again = prepare_sweep(config, str(files / "corpus.txt"))
+    open_study(again, worker=0)  # (not refused as another sweep)
+    assert next(k for k in again.knobs if k.name == "model.hidden_size").choices == (32, 48)

@@ -97,6 +97,8 @@ def postgres_url():
 def test_two_workers_share_one_study_on_postgresql(postgres_url, tmp_path):
     import optuna
 
+    from rnnlab.experiments.sweep import live_trials
+
     words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler"]
     text = "\n".join(" ".join(words[(i * 5 + j * 2) % len(words)] for j in range(9)) for i in range(1200))
     (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
@@ -114,11 +116,15 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url, tmp_path):
     assert [worker.returncode for worker in workers] == [0, 0], outputs
 
     study = optuna.load_study(study_name="shared", storage=postgres_url)
-    assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
-    points = [(t.params["model.hidden_size"], t.params["train.learning_rate"]) for t in study.trials]
+    live = live_trials(study.trials)  # (both workers may draw a 7th: the later one gives it up as surplus)
+    assert len(live) == 6 and all(t.state.name == "COMPLETE" for t in live)
+    assert all(t.user_attrs["outcome"] == "surplus" for t in study.trials if t not in live)
+    points = [(t.params["model.hidden_size"], t.params["train.learning_rate"]) for t in live]
     assert sorted(points) == sorted((h, lr) for h in (16, 20, 24) for lr in (0.004, 0.008))  # each once
-    folders = [Path(t.user_attrs["folder"]) for t in study.trials]
-    assert len(set(folders)) == 6
+    names = [t.user_attrs["folder"] for t in live]  # (relative to the --out of whichever machine ran it)
+    assert len(set(names)) == 6
+    folders = [out / name for name in names for out in outs if (out / name / "log.jsonl").is_file()]
+    assert len(folders) == 6  # each trial's run is on one machine only
     for folder in folders:  # no trial was run twice: one run in each folder, from step 0 to the end
         records = [json.loads(line) for line in (folder / "log.jsonl").read_text(encoding="utf-8").splitlines()]
         assert [r["resumed"] for r in records if r["event"] == "start"] == [False]

@@ -34,11 +34,11 @@ from rnnlab.experiments.space import Knob, nested
 from rnnlab.experiments.sweep import (
     Sweep,
     SweepInterrupted,
+    live_trials,
     open_study,
     optuna,
     require_optuna,
     run_sweep,
-    superseded_numbers,
 )
 from rnnlab.training.checkpoint import atomic_write, read_pointer
 from rnnlab.training.loop import train
@@ -63,14 +63,16 @@ class CurveTrainer:
     points: tuple[int, ...]
 
     def __call__(self, objective, trial, folder: Path, values: dict) -> float:
-        curve = _read_curve(folder) if read_pointer(folder, "last") else []
+        resume = bool(objective.continuing and read_pointer(folder, "last"))
+        curve = _read_curve(folder) if resume else []
         if not curve:
             (folder / "curve.jsonl").unlink(missing_ok=True)  # (points of an attempt that left no checkpoint)
         done = curve[-1]["steps"] if curve else 0
         for point in self.points:
             if point <= done:
                 continue
-            run = self._run_to(objective, folder, values, point)
+            run = self._run_to(objective, folder, values, point, resume)
+            resume = True
             result = train(run, stop=objective.stop, progress_bar=False)
             if result.interrupted:
                 raise SweepInterrupted(f"trial {trial.number} stopped; the same command continues it")
@@ -85,8 +87,8 @@ class CurveTrainer:
         return curve[-1]["perplexity"]
 
     @staticmethod
-    def _run_to(objective, folder: Path, values: dict, point: int):
-        if read_pointer(folder, "last"):
+    def _run_to(objective, folder: Path, values: dict, point: int, resume: bool):
+        if resume:
             return resolve_run(None, {"train": {"max_steps": point, "threads": objective.threads}}, resume=folder)
         sweep = objective.sweep
         settings = {"checkpoint_dir": str(folder), "overwrite": True, "max_steps": point, "threads": objective.threads}
@@ -152,7 +154,8 @@ def part_trials(config: GridExperimentConfig, part: str) -> list[dict]:
                 for k1 in sorted({max(1, round(k2 * f)) for f in K1_FRACTIONS}, reverse=True):
                     trials += [{"train.scheme": scheme, "model.num_layers": curve_r, "model.hidden_size": curve_g,
                                 "train.seq_length": k2, "train.k1": k1, "train.seed": s} for s in seeds]
-    return trials
+    unique = {json.dumps(t, sort_keys=True): t for t in trials}  # (a value given twice is one configuration)
+    return list(unique.values())
 
 
 def knobs_of(trials: list[dict]) -> list[Knob]:
@@ -175,7 +178,7 @@ def part_sweep(config: GridExperimentConfig, corpus: str, path: str | None, part
         "model": {"architecture": "paper"},
         "train": {"batch_size": config.batch_size, "eval_every": 10 ** 9, "sample_length": 0, "keep_last": 1,
                   "loss_guard": 0.0}})
-    sweep = Sweep(settings, None, overrides, knobs_of(trials), digest, trainer=CurveTrainer(points))
+    sweep = Sweep(settings, None, overrides, knobs_of(trials), digest, trainer=CurveTrainer(points), queued_only=True)
     for values in trials:  # every configuration valid before any runs (one line if not)
         try:
             sweep.run_config(values)
@@ -231,11 +234,9 @@ def run_grid(config: GridExperimentConfig, progress_bar: bool = True, verbose: b
 def collect_runs(study, corpus: str, part: str, steps: int) -> list[dict]:
     """The finished runs of a part: complete (their curve reached `steps`) or diverged."""
     runs = []
-    trials = study.get_trials(deepcopy=False)
-    superseded = superseded_numbers(trials)  # (a retried copy stands in for them)
-    for trial in trials:
+    for trial in live_trials(study.get_trials(deepcopy=False)):  # (a retried copy stands in for its originals)
         curve = trial.user_attrs.get("curve")
-        if trial.state.name not in ("COMPLETE", "PRUNED") or not curve or trial.number in superseded:
+        if trial.state.name not in ("COMPLETE", "PRUNED") or not curve:
             continue
         if trial.user_attrs.get("outcome") != "diverged" and curve[-1]["steps"] < steps:
             continue  # (a run that stopped short: its last point is no final figure)

@@ -26,6 +26,7 @@ import random
 import signal
 import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ class Sweep:
     # (the paper's grid trains to log-spaced points, scoring each on the test text): (objective, trial, folder,
     # values) -> value; it must pickle, for --workers
     trainer: Callable | None = None
+    queued_only: bool = False  # only trials queued in the study run (a grid experiment's configurations)
 
     def run_config(self, values: dict) -> RunConfig:
         """The config a trial with these {"section.field": value} values trains (validated)."""
@@ -89,7 +91,16 @@ class Sweep:
 
     @property
     def trials_dir(self) -> Path:
-        return self.out / "trials"
+        """Where the trials' runs are: DIR/trials for the default study, DIR/trials-NAME for --study NAME (so
+        two studies in one folder never share a run folder)."""
+        default = SweepConfig.__dataclass_fields__["study"].default
+        return self.out / ("trials" if self.config.study == default else f"trials-{self.config.study}")
+
+    def trial_folder(self, attrs: dict) -> Path | None:
+        """A trial's run folder from its user attributes (kept relative to --out: the study may be shared by
+        machines whose --out differ)."""
+        folder = attrs.get("folder")
+        return self.out / folder if folder else None
 
     @property
     def storage_url(self) -> str:
@@ -183,10 +194,29 @@ def _create_study(sweep: Sweep, worker: int):
         sweep.storage_url, engine_kwargs=engine, heartbeat_interval=config.heartbeat,
         grace_period=3 * config.heartbeat,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True))
+    if sweep.storage_url.startswith("sqlite"):
+        serialise_sqlite_transactions(storage.engine)
     study = optuna.create_study(study_name=config.study, storage=storage, direction="minimize",
                                 pruner=make_pruner(config), load_if_exists=True)
     study.sampler = make_sampler(sweep, worker, len(study.get_trials(deepcopy=False)))
     return study
+
+
+def serialise_sqlite_transactions(engine) -> None:
+    """Every transaction on the SQLite file takes its write lock when it begins (BEGIN IMMEDIATE): Optuna
+    claims a queued trial by reading it WAITING and then writing RUNNING, which row locks make atomic on a
+    server but which two SQLite readers could otherwise both do."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_leaves_transactions_to_us(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # (connections made before the listeners would not run them)
 
 
 def _shown_url(url: str) -> str:
@@ -205,6 +235,12 @@ def check_same_sweep(study, sweep: Sweep) -> None:
     if saved is None:
         study.set_user_attr("sweep", identity)
         return
+    if sweep.config.space == "blog" and saved.get("space") != identity["space"]:
+        # the built-in space scales its ranges to the machine that started the sweep: another machine (or
+        # device) continuing it takes the study's ranges, not its own
+        sweep.knobs = [Knob(**{k: tuple(v) if isinstance(v, list) else v for k, v in knob.items()})
+                       for knob in saved["space"]]
+        identity = json.loads(json.dumps(sweep.identity()))
     differ = sorted(key for key in identity if saved.get(key) != identity[key])
     if differ:
         raise ConfigError(f"the study {sweep.config.study!r} in {_shown_url(sweep.storage_url)} is another sweep "
@@ -240,17 +276,57 @@ def threads_per_worker(sweep: Sweep) -> int:
 
 def retry_interrupted(study) -> None:
     """Trials of an earlier invocation that were stopped (Ctrl-C) rather than failed on their own are
-    queued again; each continues its run from its last checkpoint."""
+    queued again; each continues its run from its last checkpoint. (Two invocations starting together may
+    both queue a copy: only the first copy runs, see claim_conflict.)"""
     trials = study.get_trials(deepcopy=False)
     superseded = superseded_numbers(trials)
     for trial in trials:
-        if trial.state == TrialState.FAIL and "error" not in trial.user_attrs and trial.number not in superseded:
-            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, trial)
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") == "stopped" \
+                and trial.number not in superseded:
+            retry(study, trial)
+
+
+def retry(study, trial) -> None:
+    RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, trial)
 
 
 def superseded_numbers(trials) -> set[int]:
     """Trials a retried copy stands in for."""
     return {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+
+
+def live_trials(trials) -> list:
+    """The study's trials that count: not superseded by a retried copy, not a surplus claim."""
+    superseded = superseded_numbers(trials)
+    return [t for t in trials if t.number not in superseded and t.user_attrs.get("outcome") != "surplus"]
+
+
+def claim_key(trial):
+    """What a queued trial is a copy of, for spotting two copies of one: a retry of one attempt, or one
+    queued configuration (a grid's); None for a fresh trial the sampler drew."""
+    if "retry_history" in trial.system_attrs:
+        return ("retry", tuple(trial.system_attrs["retry_history"]))
+    if "fixed_params" in trial.system_attrs:
+        return ("queued", json.dumps(trial.system_attrs["fixed_params"], sort_keys=True))
+    return None
+
+
+def claim_conflict(sweep: Sweep, trial, trials) -> str:
+    """Why a trial this worker just claimed must not run ("" if it may): an earlier copy of the same queued
+    trial exists (two invocations queued it together), it is a fresh draw where only queued trials may run
+    (a grid's configurations; another worker took the last queued one first), or the study already has
+    its trials."""
+    key = claim_key(trial)
+    others = [t for t in trials if t.number != trial.number and t.user_attrs.get("outcome") != "surplus"]
+    if key is not None:
+        if any(t.number < trial.number and claim_key(t) == key for t in others):
+            return "an earlier copy of this trial runs it"
+        return ""
+    if sweep.queued_only:
+        return "only queued trials run in this study"
+    if len(live_trials([t for t in others if t.number < trial.number])) >= sweep.planned_trials():
+        return "the study has its trials"
+    return ""
 
 
 # --- one worker --------------------------------------------------------------------------------
@@ -263,14 +339,15 @@ def work(sweep: Sweep, worker: int, threads: int, bar=None) -> None:
     stop = StopRequest()
     with _stop_on_signals(stop):
         while True:
-            trials = study.get_trials(deepcopy=False)
-            live = [t for t in trials if t.number not in superseded_numbers(trials)]
+            live = live_trials(study.get_trials(deepcopy=False))
             if bar is not None:
                 bar.refresh_from(live)
+            if stop.requested:
+                return
             if not any(t.state == TrialState.WAITING for t in live):
                 time_up = sweep.config.max_minutes and time.monotonic() - started >= sweep.config.max_minutes * 60
-                if len(live) >= sweep.planned_trials() or time_up or stop.requested:
-                    if not stop.requested and any(t.state == TrialState.RUNNING for t in live):
+                if len(live) >= sweep.planned_trials() or time_up or sweep.queued_only:
+                    if any(t.state == TrialState.RUNNING for t in live):
                         time.sleep(min(sweep.config.heartbeat, 5))
                         optuna.storages.fail_stale_trials(study)
                         continue
@@ -279,10 +356,15 @@ def work(sweep: Sweep, worker: int, threads: int, bar=None) -> None:
             try:
                 study.optimize(objective, n_trials=1, catch=(RnnlabError,), gc_after_trial=False)
             except SweepInterrupted:
-                stopped = next(t for t in study.get_trials(deepcopy=False) if t.number == objective.number)
-                RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, stopped)
+                retry(study, next(t for t in study.get_trials(deepcopy=False) if t.number == objective.number))
                 raise
-            if bar is not None:
+            except ValueError:
+                if not objective.taken_away:
+                    raise
+                # (Optuna cannot tell a trial it already marked failed: the trial was queued again for another
+                # worker while this one was suspended; that copy continues its run)
+                log.warning("sweep: trial %s was taken over after its heartbeat stopped", objective.number)
+            if bar is not None and not objective.surplus:
                 bar.trial_done(study, objective.number)
 
 
@@ -315,13 +397,37 @@ class Objective:
         self.sweep, self.threads, self.stop = sweep, threads, stop
         self.number: int | None = None
         self.pruned = False
+        self.user_stopped = False  # Ctrl-C arrived while the pruner was deciding: the sweep stops all the same
+        self.surplus = False
+        self.taken_away = False  # the study failed this trial (a stale heartbeat) while it ran here
+        self.continuing = False  # a retried copy: it continues the run its folder holds
 
     def __call__(self, trial) -> float:
         self.number = trial.number
+        trials = trial.study.get_trials(deepcopy=False)
+        frozen = next(t for t in trials if t.number == trial.number)  # (its system attributes: is it a copy?)
+        conflict = claim_conflict(self.sweep, frozen, trials)
+        if conflict:
+            return self.give_up(trial, conflict)
         # (a retried copy has its original's user attributes: its folder, where its run continues)
-        folder = Path(trial.user_attrs.get("folder") or self.sweep.trials_dir / f"{trial.number:04d}")
+        folder = self.sweep.trial_folder(trial.user_attrs) or self.sweep.trials_dir / f"{trial.number:04d}"
         values = {knob.name: knob.suggest(trial, self.sweep.grid) for knob in self.sweep.knobs}
-        trial.set_user_attr("folder", str(folder))
+        trial.set_user_attr("folder", os.path.relpath(folder, self.sweep.out))
+        folder.mkdir(parents=True, exist_ok=True)
+        with folder_lock(folder) as locked:
+            if not locked:
+                return self.give_up(trial, f"another process trains {folder}")
+            return self.run_trial(trial, frozen, folder, values)
+
+    def give_up(self, trial, why: str) -> float:
+        """Leave a claimed trial that must not run (failed, marked surplus: no report counts it)."""
+        self.surplus = True
+        trial.set_user_attr("outcome", "surplus")
+        trial.set_user_attr("message", why)
+        raise SurplusTrial(why)
+
+    def run_trial(self, trial, frozen, folder: Path, values: dict) -> float:
+        self.continuing = continues_run(frozen)
         try:
             if self.sweep.trainer is not None:
                 return self.sweep.trainer(self, trial, folder, values)
@@ -333,9 +439,23 @@ class Objective:
             raise optuna.TrialPruned(str(exc)) from None
         except RnnlabError as exc:
             record(trial, folder, "error", str(exc))
-            trial.set_user_attr("error", str(exc))
             raise
-        if self.pruned and self.stop.reason == STOPPED_AFTER_VALIDATION:
+        except (SweepInterrupted, KeyboardInterrupt):
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("outcome", "stopped")
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.taken_away = True
+            raise TrialTakenAway() from None
+        except Exception as exc:  # not one of rnnlab's own errors: recorded like one (never retried), the
+            # traceback kept in the trial's folder for a bug report
+            (folder / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            message = f"{type(exc).__name__}: {exc} (traceback in {folder / 'error.txt'})"
+            record(trial, folder, "error", message)
+            raise RnnlabError(message) from exc
+        if self.taken_away:
+            raise TrialTakenAway()
+        if self.pruned and self.stop.reason == STOPPED_AFTER_VALIDATION and not self.user_stopped:
             self.stop.requested = False  # (the pruner stopped this run, not the user: the sweep goes on)
         if result.interrupted and not self.pruned:
             record(trial, folder, "stopped")
@@ -346,7 +466,7 @@ class Objective:
         return summary["bits_per_char"]
 
     def resolve(self, folder: Path, values: dict):
-        if read_pointer(folder, "last"):  # a dead or stopped attempt of this trial: continue its run
+        if self.continuing and read_pointer(folder, "last"):  # a dead or stopped attempt of this trial: continue its run
             log.info("sweep: trial in %s continues from its last checkpoint", folder)
             return resolve_run(None, {"train": {"threads": self.threads}}, resume=folder)
         trial_settings = {**self.sweep.config.budget(), "checkpoint_dir": str(folder), "overwrite": True,
@@ -356,15 +476,57 @@ class Objective:
 
     def report(self, trial, run, result) -> bool:
         """After each scheduled validation: its bits/char at its index; True stops a pruned trial."""
-        trial.report(result.bits_per_char, step=len(run.progress.val_losses))
+        self.user_stopped = self.stop.requested
+        try:
+            trial.report(result.bits_per_char, step=len(run.progress.val_losses))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.taken_away = True
+            return True
         self.pruned = trial.should_prune()
         return self.pruned
+
+
+class SurplusTrial(RnnlabError):
+    """A claimed trial that must not run (see claim_conflict); it is failed and marked surplus."""
+
+
+class TrialTakenAway(RnnlabError):
+    """The study failed this trial (its heartbeat stopped, e.g. the machine slept) while it ran."""
+
+
+def continues_run(trial) -> bool:
+    """Only a retried copy continues the run its folder holds; a fresh trial starts its own over whatever
+    is there (e.g. a study deleted and begun again in the same folder)."""
+    return "retry_history" in trial.system_attrs
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """An exclusive lock on a trial's folder while it trains (yields False if another process holds it):
+    whatever goes wrong with the study's claims, two processes never train one run. POSIX only."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the study's claim alone
+        yield True
+        return
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def record(trial, folder: Path, outcome: str, message: str = "") -> dict:
     """The trial's summary from its run log, kept in the study (so a report needs no local folder)."""
     summary = run_summary(folder)
     summary.update(outcome=outcome, message=message[:500])
+    if outcome == "error":
+        summary["error"] = message[:500]
     for key, value in summary.items():
         trial.set_user_attr(key, value)
     return summary
@@ -403,8 +565,7 @@ def run_worker_processes(sweep: Sweep, bar) -> None:
         while any(p.is_alive() for p in processes):
             for process in processes:
                 process.join(timeout=2.0 / len(processes))
-            trials = study.get_trials(deepcopy=False)
-            bar.refresh_from([t for t in trials if t.number not in superseded_numbers(trials)])
+            bar.refresh_from(live_trials(study.get_trials(deepcopy=False)))
     except KeyboardInterrupt:  # the workers got Ctrl-C too: let them checkpoint their trials
         for process in processes:
             process.join()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rnnlab.config import load_toml, merge
 from rnnlab.experiments.space import Knob, nested
-from rnnlab.experiments.sweep import Sweep, read_log, superseded_numbers
+from rnnlab.experiments.sweep import Sweep, live_trials, read_log
 from rnnlab.training.checkpoint import atomic_write, read_pointer
 from rnnlab.training.run import absolute_paths
 
@@ -50,19 +50,16 @@ class TrialRow:
         return 2.0 ** (self.bits_per_char * math.log(2)) if self.bits_per_char is not None else None
 
 
-def trial_rows(study) -> list[TrialRow]:
-    """The study's trials (retried copies in place of what they stand in for), best first."""
-    trials = study.get_trials(deepcopy=False)
-    superseded = superseded_numbers(trials)
+def trial_rows(study, out: Path) -> list[TrialRow]:
+    """The study's trials (retried copies in place of what they stand in for), best first; their folders
+    are under `out`, this machine's --out."""
     rows = []
-    for trial in trials:
-        if trial.number in superseded:
-            continue
+    for trial in live_trials(study.get_trials(deepcopy=False)):
         attrs = trial.user_attrs
         outcome = attrs.get("outcome") or trial.state.name.lower()
         if trial.state.name == "RUNNING":
             outcome = "running"
-        folder = attrs.get("folder", "")
+        folder = str(Path(out) / attrs["folder"]) if attrs.get("folder") else ""
         curve = [r for r in read_log(Path(folder)) if r.get("event") == "val"] if folder else []
         rows.append(TrialRow(trial.number, outcome, attrs.get("bits_per_char"), dict(trial.params),
                              attrs.get("minutes", 0.0), attrs.get("epoch", 0.0), attrs.get("steps", 0),
@@ -73,7 +70,7 @@ def trial_rows(study) -> list[TrialRow]:
 
 def write_outputs(sweep: Sweep, study) -> dict[str, Path]:
     """Every output the sweep has so far; returns them by name."""
-    rows = trial_rows(study)
+    rows = trial_rows(study, sweep.out)
     out = sweep.out
     written = {"trials.csv": out / "trials.csv", "report.md": out / "report.md"}
     _write_text(written["trials.csv"], trials_csv(rows, sweep.knobs))
