@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except RnnlabError as exc:
-        print(f"rnnlab: error: {exc}", file=sys.stderr)
+        print(f"rnnlab: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)
@@ -191,9 +191,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _rank_prefix() -> str:
+    """Under torchrun, which rank speaks (each prints its own error)."""
+    return f"rank {os.environ['RANK']}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") and \
+        os.environ.get("RANK") else ""
+
+
 # --- train ---------------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
+    from rnnlab.training.distributed import leave_process_group
     from rnnlab.training.loop import StopRequest, train
     from rnnlab.training.run import resolve_run
 
@@ -215,6 +222,9 @@ def cmd_train(args) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        leave_process_group()
+    if result.rank != 0:  # (under torchrun, rank 0 reports for the job)
+        return 0
 
     print(f"{'interrupted' if result.interrupted else 'done'} after {result.steps} steps "
           f"(epoch {result.epoch:.2f}); {result.num_parameters:,} parameters")

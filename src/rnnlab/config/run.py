@@ -174,7 +174,8 @@ def check_precision_on(precision: str, device: str) -> None:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = setting(16, "parallel streams per batch")
+    batch_size: int = setting(16, "parallel streams per batch (under torchrun, per rank: N ranks train a global "
+                                  "batch of N x this)")
     seq_length: int = setting(64, "k2: time steps per training sequence; gradients never flow further back",
                               aliases=("--k2",))
     k1: int = setting(0, "stride between the starts of consecutive sequences of a stream (0 = k2: no overlap); "
@@ -260,6 +261,8 @@ class TrainConfig:
     seed: int = setting(1234, "seed for weights, batching, dropout and previews")
     device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda"), resumable=True)
     threads: int = setting(0, "CPU threads for PyTorch (0 = all cores)", resumable=True)
+    dist_timeout: float = setting(30.0, "under torchrun: minutes a rank waits for the others (a step, rank 0's "
+                                  "validation or checkpoint) before the job ends", resumable=True)
 
     def validate(self) -> None:
         check_choices(self)

@@ -5,6 +5,11 @@ Dimension legend: B = batch size (parallel streams), T = time steps per batch.
 StreamBatcher is char-rnn's layout: the training split is cut into B contiguous columns and each
 batch advances every column by T tokens, so the hidden state at the end of one batch is the right
 starting state for the next. The last incomplete batch of an epoch is dropped, never padded.
+
+Under torchrun every rank runs the same batcher over the whole batch (world x batch_size streams, the
+same random draws everywhere) and reads only its own block of `rows`: its streams stay contiguous,
+their state is carried as on one process, and N ranks train exactly what one process with the global
+batch would.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ class Batch:
     lr_scale: float = 1.0  # variable-length batches scale the learning rate by T / k2
 
 
+ALL_ROWS = slice(None)
+
+
 class StreamBatcher:
+    rows = ALL_ROWS  # (the streams of the batch this process reads: all, or its rank's block)
+
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_length: int, split_name: str = "train",
                  id_map: np.ndarray | None = None):
         needed = batch_size * seq_length + 1
@@ -56,7 +66,7 @@ class StreamBatcher:
         if self.batch_index == self.batches_per_epoch:
             self.batch_index = 0
             self.epoch += 1
-        return _batch(self.tokens, index, self.id_map, starts_epoch, position)
+        return _batch(self.tokens, index[self.rows], self.id_map, starts_epoch, position)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_index": self.batch_index,
@@ -99,6 +109,8 @@ class EquidistantBatcher:
     that run past the end wrap to the start.
     """
 
+    rows = ALL_ROWS
+
     def __init__(self, tokens: np.ndarray, batch_size: int, k2: int, k1: int, id_map=None):
         self.tokens, self.batch_size, self.seq_length, self.k1, self.id_map = tokens, batch_size, k2, k1 or k2, id_map
         self.stream_length = len(tokens) // batch_size
@@ -126,7 +138,7 @@ class EquidistantBatcher:
         self.batch_index += 1
         if self.batch_index == self.batches_per_epoch:
             self.batch_index, self.epoch = 0, self.epoch + 1
-        return _batch(self.tokens, index, self.id_map, starts_epoch, position)
+        return _batch(self.tokens, index[self.rows], self.id_map, starts_epoch, position)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_index": self.batch_index, "batch_size": self.batch_size,
@@ -140,6 +152,8 @@ class EquidistantBatcher:
 
 class RandomWindowBatcher:
     """B windows of k2 + 1 tokens at uniformly random offsets; an epoch is |D| / (B k2) batches."""
+
+    rows = ALL_ROWS
 
     def __init__(self, tokens: np.ndarray, batch_size: int, k2: int, seed: int, id_map=None):
         if len(tokens) < k2 + 2:
@@ -161,7 +175,7 @@ class RandomWindowBatcher:
         self.batch_index += 1
         if self.batch_index == self.batches_per_epoch:
             self.batch_index, self.epoch = 0, self.epoch + 1
-        return _batch(self.tokens, index, self.id_map, starts_epoch, 0)
+        return _batch(self.tokens, index[self.rows], self.id_map, starts_epoch, 0)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_index": self.batch_index, "rng": self.rng.bit_generator.state}
@@ -178,6 +192,8 @@ class VariableLengthBatcher:
     noise with std 5, at least 5); the learning rate is scaled by length / k2 so every token weighs
     the same. Each epoch starts at a random offset in [0, k2) of the streams, so the cuts move.
     """
+
+    rows = ALL_ROWS
 
     def __init__(self, tokens: np.ndarray, batch_size: int, k2: int, seed: int, id_map=None):
         needed = batch_size * (2 * k2) + 1
@@ -207,7 +223,8 @@ class VariableLengthBatcher:
         length = min(self._draw_length(), self.column_length - 1 - self.position)
         columns = np.arange(self.batch_size, dtype=np.int64)[:, None] * self.column_length
         index = columns + self.position + np.arange(length + 1, dtype=np.int64)[None, :]
-        batch = _batch(self.tokens, index, self.id_map, starts_epoch, self.position, length / self.seq_length)
+        batch = _batch(self.tokens, index[self.rows], self.id_map, starts_epoch, self.position,
+                       length / self.seq_length)
         self.position += length
         self.batch_index += 1
         if self.position >= self.column_length - 6:  # too little left for a minimum-length step
@@ -242,12 +259,19 @@ def _saved_count(value, name: str, limit: int) -> int:
     return value
 
 
-def make_batcher(tokens: np.ndarray, config, id_map=None):
-    """The batcher a TrainConfig asks for."""
+def make_batcher(tokens: np.ndarray, config, id_map=None, ranks=None):
+    """The batcher a TrainConfig asks for; with `ranks` (several), over the global batch of every rank's
+    batch_size streams, reading this rank's own."""
+    world = ranks.world if ranks is not None else 1
+    size = config.batch_size * world
     if config.batching == "equidistant":
-        return EquidistantBatcher(tokens, config.batch_size, config.seq_length, config.k1, id_map)
-    if config.batching == "random":
-        return RandomWindowBatcher(tokens, config.batch_size, config.seq_length, config.seed, id_map)
-    if config.batching == "variable":
-        return VariableLengthBatcher(tokens, config.batch_size, config.seq_length, config.seed, id_map)
-    return StreamBatcher(tokens, config.batch_size, config.seq_length, "train", id_map=id_map)
+        batcher = EquidistantBatcher(tokens, size, config.seq_length, config.k1, id_map)
+    elif config.batching == "random":
+        batcher = RandomWindowBatcher(tokens, size, config.seq_length, config.seed, id_map)
+    elif config.batching == "variable":
+        batcher = VariableLengthBatcher(tokens, size, config.seq_length, config.seed, id_map)
+    else:
+        batcher = StreamBatcher(tokens, size, config.seq_length, "train", id_map=id_map)
+    if world > 1:
+        batcher.rows = ranks.rows(config.batch_size)
+    return batcher

@@ -29,6 +29,7 @@ from rnnlab.errors import RnnlabError
 from rnnlab.evaluation import EvalResult, evaluate_tokens
 from rnnlab.sampling import complete_texts, prompt_ids
 from rnnlab.training.checkpoint import checkpoint_name, prune_checkpoints, read_pointer, save_checkpoint, update_pointer
+from rnnlab.training.distributed import RanksLost, collective
 from rnnlab.training.optim import WeightAverage, learning_rate_at, nt_asgd_triggered, set_learning_rate
 from rnnlab.training.run import Run, resolve_run
 from rnnlab.training.schemes import plan_sequence, position_weights, starts_with_reset
@@ -74,6 +75,7 @@ class TrainResult:
     hint: str = ""
     num_parameters: int = 0
     whole_val_loss: float | None = None  # the whole val split, at the end (validations may score a part of it)
+    rank: int = 0  # under torchrun, this process's rank (only rank 0's result names checkpoints)
 
 
 ValidationHook = Callable[[Run, EvalResult], bool]
@@ -93,20 +95,23 @@ def train(run: Run | RunConfig, *, resume: str | Path | None = None, init_from: 
 
 
 def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: ValidationHook | None) -> TrainResult:
-    tc, prog = run.config.train, run.progress
-    run.folder.mkdir(parents=True, exist_ok=True)
+    tc, prog, ranks = run.config.train, run.progress, run.ranks
+    if ranks.main:
+        run.folder.mkdir(parents=True, exist_ok=True)
     _log_start(run)
     saver = Saver(run)
-    meter = Meter(run, progress_bar)
+    meter = Meter(run, progress_bar and ranks.main)
     saver.show_progress = progress_bar and not meter.lines
     saved_at = prog.step if run.resumed_from else -1
     run.model.train()
     stop.training = True
     try:
+        agreed = Agreement(run, meter, stop)
         saver.log({"event": "start", "step": prog.step, "parameters": run.model.num_parameters(),
-                   "resumed": run.resumed_from is not None, "config": run.config.to_dict()})
-        while not _finished(tc, prog, run.batcher, meter.elapsed(), stop):
-            train_loss, lr = train_batch(run, meter.elapsed())
+                   "resumed": run.resumed_from is not None, "config": run.config.to_dict(), "ranks": ranks.world})
+        while not _finished(tc, prog, run.batcher, agreed.elapsed, agreed.stopping):
+            with collective("a training step") if ranks.active else contextlib.nullcontext():
+                train_loss, lr = train_batch(run, agreed.elapsed, agreed)
             meter.step_done(train_loss)
             if prog.step % tc.log_every == 0:  # (the train loss logged: the mean over the window's batches)
                 saver.log({"event": "train", "step": prog.step, "epoch": run.batcher.epoch_progress,
@@ -114,36 +119,82 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: Va
                            "elapsed": meter.elapsed()})
                 meter.log_line(lr)
                 meter.restart_window()
-            if validation_due(tc, prog, meter.elapsed()):
-                prog.elapsed = meter.elapsed()
+            if validation_due(tc, prog, agreed.elapsed):
+                prog.elapsed = agreed.elapsed
                 with saver.weights_to_save() as raw:  # (NT-ASGD validates and saves its averaged weights)
                     result = saver.validate(prog)
                     update_schedules(run, result.nats_per_token)
                     saver.save(prog, result, raw)
                 saved_at = prog.step
-                if after_validation is not None and after_validation(run, result):
-                    stop.request(STOPPED_AFTER_VALIDATION)
-        meter.finished = not stop.requested
-        if stop.requested:
+                if after_validation is not None and ranks.from_main(after_validation(run, result)):
+                    agreed.stop_all(STOPPED_AFTER_VALIDATION)
+        stopped = agreed.stopping
+        meter.finished = not stopped
+        if stopped:
             log.info("%s: writing a checkpoint", stop.reason)
-        prog.elapsed = meter.elapsed()
-        if saved_at != prog.step or not (run.folder / "best.json").is_file():
+        prog.elapsed = agreed.elapsed
+        if ranks.from_main(saved_at != prog.step or not (run.folder / "best.json").is_file()):
             with saver.weights_to_save() as raw:  # (an extra validation: it feeds no schedule)
                 saver.save(prog, saver.validate(prog), raw)
-        whole = validate_whole_split(run, saver) if not stop.requested else None
+        whole = validate_whole_split(run, saver) if not stopped else None
+    except RanksLost as exc:
+        raise RanksLost(f"{exc}; the last checkpoint in {run.folder} is kept: resume with the same command and "
+                        f"--resume {run.folder}") from None
     finally:
         meter.close()
         saver.close()
-    result = _result(run, stop.requested)
+    result = _result(run, stopped)
     if whole is not None:
         result.whole_val_loss = whole.nats_per_token
-    elif not stop.requested:  # (every validation scored the whole split)
+    elif not stopped:  # (every validation scored the whole split)
         result.whole_val_loss = result.val_loss
+    ranks.wait_for_all()  # (the ranks end together, once rank 0 has written everything)
     return result
 
 
-def train_batch(run: Run, elapsed: float) -> tuple[float, float]:
-    """One optimizer step of the run on its next batch; returns the train loss and the learning rate."""
+class Agreement:
+    """What every rank must decide alike, once per step: the mean loss, whether to stop (a signal may reach
+    one rank only; the divergence guard then sees the same mean everywhere) and the clock (rank 0's, for
+    --max-minutes, time-based validations and schedules). On one process: the loss, the stop request and
+    the meter's clock as they are."""
+
+    def __init__(self, run: Run, meter: "Meter", stop: StopRequest):
+        self.run, self.meter, self.stop = run, meter, stop
+        self.distributed = run.ranks.active
+        self.agreed_stop = False
+        self.clock = meter.elapsed()
+        if self.distributed:
+            _, self.agreed_stop, self.clock = run.ranks.agree_on_step(0.0, stop.requested, self.clock, run.device)
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock if self.distributed else self.meter.elapsed()
+
+    @property
+    def stopping(self) -> bool:
+        return self.agreed_stop if self.distributed else self.stop.requested
+
+    def step_done(self, loss: float) -> float:
+        """The step's loss as every rank sees it (the ranks' mean)."""
+        if not self.distributed:
+            return loss
+        mean, any_stop, self.clock = self.run.ranks.agree_on_step(loss, self.stop.requested, self.meter.elapsed(),
+                                                                   self.run.device)
+        if any_stop and not self.agreed_stop:
+            self.agreed_stop = True
+            if not self.stop.requested:
+                self.stop.request("another rank was stopped")
+        return mean
+
+    def stop_all(self, reason: str) -> None:
+        """A decision every rank took alike (from rank 0's result): stop after this step."""
+        self.stop.request(reason)
+        self.agreed_stop = True
+
+
+def train_batch(run: Run, elapsed: float, agreed: Agreement | None = None) -> tuple[float, float]:
+    """One optimizer step of the run on its next batch; returns the train loss (the ranks' mean, under
+    torchrun) and the learning rate."""
     tc, prog, batcher = run.config.train, run.progress, run.batcher
     lr = learning_rate_at(tc, prog.step, batcher.epoch, _progress_fraction(tc, prog.step, prog.planned_steps, elapsed),
                           prog.plateau_factor)
@@ -158,8 +209,8 @@ def train_batch(run: Run, elapsed: float) -> tuple[float, float]:
                              weights.to(run.device) if weights is not None else None)
     run.carried = carried if tc.state == "carry" else None
     prog.step += 1
-    prog.tokens_seen += batch.inputs.numel()
-    train_loss = loss.item()
+    prog.tokens_seen += batch.inputs.numel() * run.ranks.world
+    train_loss = agreed.step_done(loss.item()) if agreed is not None else loss.item()
     prog.recent_losses.append(train_loss)
     prog.first_loss = prog.first_loss if prog.first_loss is not None else train_loss
     _guard(train_loss, prog.first_loss, tc.loss_guard, prog.step, run.folder)
@@ -198,11 +249,14 @@ class Saver:
 
     def __init__(self, run: Run):
         self.run = run
-        self.board = TensorBoard(run.folder / "tensorboard") if run.config.train.tensorboard else None
+        self.writes = run.ranks.main  # (under torchrun, rank 0 alone writes the folder)
+        self.board = TensorBoard(run.folder / "tensorboard") if run.config.train.tensorboard and self.writes else None
         self.show_progress = False  # (a validation's own bar: set where the run has a terminal bar)
-        self.run_log = open(run.folder / "log.jsonl", "a", encoding="utf-8")
+        self.run_log = open(run.folder / "log.jsonl", "a", encoding="utf-8") if self.writes else None
 
     def log(self, record: dict) -> None:
+        if not self.writes:
+            return
         self._log_still_there()
         self.run_log.write(json.dumps(record) + "\n")
         self.run_log.flush()
@@ -225,7 +279,8 @@ class Saver:
                     path, self.run.progress.step)
 
     def close(self) -> None:
-        self.run_log.close()
+        if self.run_log is not None:
+            self.run_log.close()
         if self.board is not None:
             self.board.close()
 
@@ -240,6 +295,13 @@ class Saver:
             yield {f"raw.{i}": t for i, t in enumerate(raw)}
 
     def validate(self, prog: Progress) -> EvalResult:
+        """Score the val split (under torchrun: on rank 0, its result shared, so every rank's schedules and
+        stop decisions see the number a single process would)."""
+        result = self._validate_here(prog) if self.run.ranks.main else None
+        prog.recent_losses = []
+        return self.run.ranks.from_main(result)
+
+    def _validate_here(self, prog: Progress) -> EvalResult:
         run, tc = self.run, self.run.config.train
         cap = validation_tokens(run)
         lengths = run.splits.lengths("val")
@@ -251,7 +313,6 @@ class Saver:
                                      progress=lambda done: bar.update(round(100 * done) - bar.n))
         recent = prog.recent_losses
         train_part = f"train loss {sum(recent) / len(recent):.4f}, " if recent else ""
-        prog.recent_losses = []
         unit = "char" if run.vocab.kind == "char" else "token"
         best = " (best)" if result.nats_per_token < prog.best_val_loss else ""
         log.info("step %d epoch %.2f: %sval loss %.4f nats/%s (perplexity %.2f, %.4f bits/char)%s", prog.step,
@@ -288,13 +349,15 @@ class Saver:
         file = folder / checkpoint_name(run.config.model.cell, epoch, val_loss)
         if file.name not in prog.saved:
             prog.saved.append(file.name)
-        extra = {f"carry.{i}": s for i, s in enumerate(run.carried or ())}
-        extra.update(_rng_tensors())
+        extra = every_ranks_state(run)  # (a collective under torchrun: every rank gathers, rank 0 writes)
+        if not self.writes:
+            return file
         extra.update(raw_tensors)
         averager = run.step.averager
         trainer = {"progress": prog.to_dict(), "batcher": run.batcher.state_dict(),
                    "has_carry": run.carried is not None, "grad_scaler": run.step.scaler.state_dict(),
-                   "averaging": {"count": averager.count} if averager is not None else None}
+                   "averaging": {"count": averager.count} if averager is not None else None,
+                   "world_size": run.ranks.world}
         metrics = {"val_loss": val_loss, "val_bits_per_char": result.bits_per_char,
                    "val_perplexity": result.perplexity, "tokenizer": run.vocab.kind,
                    "best_val_loss": prog.best_val_loss, "step": prog.step, "epoch": epoch,
@@ -349,7 +412,7 @@ def validation_tokens(run: Run) -> int:
 def validate_whole_split(run: Run, saver: Saver) -> EvalResult | None:
     """At the end of a run whose validations scored part of the val split: the whole split, once."""
     tc, val = run.config.train, run.splits.val
-    if validation_tokens(run) >= len(val):
+    if validation_tokens(run) >= len(val) or not run.ranks.main:  # (under torchrun, rank 0's alone)
         return None
     averager = run.step.averager
     with averager.swapped_in() if averager else contextlib.nullcontext():
@@ -409,7 +472,7 @@ class Meter:
 
     def step_done(self, train_loss: float) -> None:
         tc = self.run.config.train
-        self.window_tokens += tc.batch_size * tc.seq_length
+        self.window_tokens += tc.batch_size * tc.seq_length * self.run.ranks.world  # (every rank's tokens)
         self.window_losses.append(train_loss)
         if self.by_time:
             self.bar.update(min(round(self.elapsed()), self.bar.total) - self.bar.n)
@@ -454,6 +517,9 @@ def _clock(seconds: float) -> str:
 def _log_start(run: Run) -> None:
     config, splits = run.config, run.splits
     cap, tc = validation_tokens(run), config.train
+    if run.ranks.active:
+        log.info("data parallel: %d ranks (%s), each training %d streams: a global batch of %d x %d tokens",
+                 run.ranks.world, run.ranks.backend, tc.batch_size, tc.batch_size * run.ranks.world, tc.seq_length)
     every = f"{tc.eval_every_minutes:g} minutes" if tc.eval_every_minutes else f"{tc.eval_every:,} steps"
     if cap < len(splits.val):
         log.info("validation: the first %s of the %s val tokens every %s (--eval-tokens), the whole split at the end",
@@ -471,6 +537,9 @@ def _log_start(run: Run) -> None:
 
 def _result(run: Run, interrupted: bool) -> TrainResult:
     folder, prog = run.folder, run.progress
+    if not run.ranks.main:  # (the folder may be on rank 0's machine only)
+        return TrainResult(folder, None, None, prog.best_val_loss, prog.step, run.batcher.epoch_progress,
+                           interrupted=interrupted, num_parameters=run.model.num_parameters(), rank=run.ranks.rank)
     last, best = read_pointer(folder, "last"), read_pointer(folder, "best")
     fit_loss, hint = None, ""
     if not interrupted:  # (an interrupted run reports at once; the hint is for a finished one)
@@ -514,8 +583,8 @@ def _progress_fraction(tc, step: int, planned: float, elapsed: float) -> float:
     return fraction
 
 
-def _finished(tc, prog: Progress, batcher, elapsed: float, stop: StopRequest) -> bool:
-    return (stop.requested
+def _finished(tc, prog: Progress, batcher, elapsed: float, stopping: bool) -> bool:
+    return (stopping
             or (tc.max_steps and prog.step >= tc.max_steps)
             or batcher.epoch_progress >= tc.max_epochs
             or (tc.max_minutes and elapsed >= tc.max_minutes * 60.0))
@@ -532,10 +601,25 @@ def _guard(loss: float, first_loss: float, factor: float, step: int, folder: Pat
                            f"(try a lower --learning-rate or --grad-clip)")
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    tensors = {"rng.cpu.0": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+def every_ranks_state(run: Run) -> dict[str, torch.Tensor]:
+    """The carried state and RNG states a checkpoint keeps: this process's, or under torchrun every
+    rank's (the carried state joined back into the global batch's streams, an RNG state per rank)."""
+    carried = tuple(s.cpu() for s in run.carried or ())
+    if not run.ranks.active:
+        tensors = {f"carry.{i}": s for i, s in enumerate(carried)}
+        tensors["rng.cpu.0"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        return tensors
+    cuda = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
+    ranks = run.ranks.gathered((carried, torch.get_rng_state(), cuda))
+    tensors = {}
+    if carried:  # (streams are blocks in rank order: see Ranks.rows)
+        tensors = {f"carry.{i}": torch.cat([rank[0][i] for rank in ranks], dim=1) for i in range(len(carried))}
+    for r, (_, cpu_state, cuda_state) in enumerate(ranks):
+        tensors[f"rng.cpu.{r}"] = cpu_state
+        if cuda_state is not None:
+            tensors[f"rng.cuda.{r}"] = cuda_state
     return tensors
 
 

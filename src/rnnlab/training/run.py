@@ -9,6 +9,7 @@ the checkpoint's training state, checked and put back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -22,10 +23,11 @@ from rnnlab.config import DataConfig, ModelConfig, RunConfig, build_run_config, 
 from rnnlab.data.batching import make_batcher
 from rnnlab.data.corpus import PreparedCorpus, Splits, prepare_from_config, user_cache_root
 from rnnlab.data.vocab import Vocab, describe_chars
-from rnnlab.errors import ConfigError, CorpusError
+from rnnlab.errors import CheckpointError, ConfigError, CorpusError
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.models.size import check_fits, parameter_count, training_bytes
 from rnnlab.training.checkpoint import Checkpoint, load_checkpoint
+from rnnlab.training.distributed import Ranks, current_ranks, wrap_for_ranks
 from rnnlab.training.folder import check_encodable_path, prepare_folder
 from rnnlab.training.optim import build_optimizer
 from rnnlab.training.state import Progress, restore_training_state
@@ -48,6 +50,7 @@ class Run:
     carried: tuple | None
     device: torch.device
     resumed_from: Path | None = None
+    ranks: Ranks = Ranks()  # (under torchrun: this process's place among the job's ranks)
 
     @property
     def folder(self) -> Path:
@@ -171,20 +174,28 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
         for name in marked(sections()[section], "is_path"):
             if value := getattr(getattr(config, section), name):
                 check_encodable_path(value, f"--{name.replace('_', '-')}")
-    prepare_folder(Path(tc.checkpoint_dir), resuming=resumed is not None, overwrite=tc.overwrite)
     device = select_device(tc.device)
+    ranks = current_ranks(device.type, tc.dist_timeout)
+    if resumed is not None:
+        check_same_ranks(config, resumed, ranks)
+    if ranks.active:
+        if device.type == "cuda":
+            device = torch.device("cuda", ranks.local_rank)
+    if ranks.main:  # (rank 0 alone writes the run folder)
+        prepare_folder(Path(tc.checkpoint_dir), resuming=resumed is not None, overwrite=tc.overwrite)
     precision = resolve_precision(tc.precision, device)
     torch.manual_seed(tc.seed)
     model_vocab = (source or resumed).vocab if (source or resumed) is not None else None
     if model_vocab is not None and model_vocab.kind != config.data.tokenizer:
         raise ConfigError(f"the checkpoint's vocabulary is {model_vocab.kind}-level; train it with --tokenizer "
                           f"{model_vocab.kind}")
-    corpus = corpus_in_vocabulary(config.data, model_vocab, compare_own=resumed is not None,
-                                  named=(source or resumed).path if model_vocab is not None else None)
+    with local_rank_zero_first(ranks):  # (one process per machine prepares and caches the corpus)
+        corpus = corpus_in_vocabulary(config.data, model_vocab, compare_own=resumed is not None,
+                                      named=(source or resumed).path if model_vocab is not None else None)
     if resumed is not None:
         _check_same_corpus(resumed, corpus)
     splits = corpus.splits(config.data.val_frac, config.data.test_frac)
-    batcher = make_batcher(splits.train, tc)
+    batcher = make_batcher(splits.train, tc, ranks=ranks)
     if len(splits.val) < 2:
         advice = ("use a longer validation file" if corpus.meta.get("split_tokens") and
                   not corpus.meta.get("split_fractions") else f"raise --val-frac (now {config.data.val_frac})")
@@ -202,13 +213,39 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
     step = TrainingStep(model, build_optimizer(model.parameters(), tc, device), precision, tc.grad_clip, device)
     progress, carried = Progress(), None
     if resumed is not None:
-        progress, carried = restore_training_state(resumed, model, step, batcher, device)
+        progress, carried = restore_training_state(resumed, model, step, batcher, device, ranks)
+    step.forward = wrap_for_ranks(model, ranks, device)
     # the schedule's horizon, fixed when the run starts: a resumed run keeps it even if its stop limit moves,
     # unless told to stretch it over the new limit
     if not progress.planned_steps or (resumed is not None and tc.extend_schedule):
         progress.planned_steps = planned_steps(tc, batcher)
     return Run(config, corpus.vocab, splits, corpus.meta["blake2b"], model, step, batcher, progress, carried,
-               device, resumed.path if resumed is not None else None)
+               device, resumed.path if resumed is not None else None, ranks)
+
+
+@contextlib.contextmanager
+def local_rank_zero_first(ranks: Ranks):
+    """Local rank 0 of each machine runs the block first (e.g. preparing the corpus cache), the others
+    after it, so they find its work done rather than race it."""
+    if ranks.active and ranks.local_rank != 0:
+        ranks.wait_for_all()
+    yield
+    if ranks.active and ranks.local_rank == 0:
+        ranks.wait_for_all()
+
+
+def check_same_ranks(config: RunConfig, resumed: Checkpoint, ranks: Ranks) -> None:
+    """A run resumes on as many ranks as it trained on: on another number its global batch (and so the run)
+    would differ. Refused in one line."""
+    saved = resumed.trainer.get("world_size", 1)
+    if isinstance(saved, bool) or not isinstance(saved, int) or saved < 1:
+        raise CheckpointError(f"{resumed.path}: trainer.world_size must be a positive integer, got {saved!r}")
+    if saved == ranks.world:
+        return
+    how = "one process (no torchrun)" if saved == 1 else f"{saved} ranks (torchrun with {saved} processes in all)"
+    raise ConfigError(f"{resumed.path} was trained on {saved} rank{'s' if saved != 1 else ''} (a global batch of "
+                      f"{saved} x {config.train.batch_size} streams), this job has {ranks.world}: resume it on {how}, "
+                      f"or start a new run from its weights with --init-from")
 
 
 def planned_steps(tc, batcher) -> int:

@@ -96,7 +96,7 @@ def checked_file_names(names, where: str) -> list[str]:
 # --- the whole saved state against the run being resumed --------------------------------------
 
 def check_training_state(ckpt, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
-                         batch_size: int) -> dict:
+                         batch_size: int, world: int = 1) -> dict:
     """Check everything a resume restores against this run; return the optimizer state to load.
 
     Raises CheckpointError (one line naming the file) on the first field that does not fit.
@@ -113,7 +113,7 @@ def check_training_state(ckpt, model: torch.nn.Module, optimizer: torch.optim.Op
             raise StateError("no optimizer or RNG state")
         _check_carry(ckpt, model, batch_size)
         _check_averaging(ckpt, model)
-        _check_rng(ckpt)
+        _check_rng(ckpt, world)
         _check_scaler(trainer.get("grad_scaler"), scaler)
         return checked_optimizer_state(ckpt.optimizer_meta, _tensors(ckpt, "optimizer."), optimizer)
     except StateError as exc:
@@ -164,12 +164,15 @@ def _check_averaging(ckpt, model) -> None:
         _same_tensor_shape(saved, param.shape, param.dtype, f"raw.{i}")
 
 
-def _check_rng(ckpt) -> None:
+def _check_rng(ckpt, world: int = 1) -> None:
+    """A CPU RNG state per rank (one on a single process), each the shape of this PyTorch's."""
     cpu = numbered(ckpt.tensors, "rng.cpu.", "CPU RNG")
     reference = torch.get_rng_state()
-    if len(cpu) != 1:
-        raise StateError("one CPU RNG state is expected")
-    _same_tensor_shape(cpu[0], reference.shape, reference.dtype, "rng.cpu.0", finite=False)
+    if len(cpu) != world:
+        raise StateError(f"{world} CPU RNG state{'s are' if world != 1 else ' is'} expected (one per rank), "
+                         f"got {len(cpu)}")
+    for i, state in enumerate(cpu):
+        _same_tensor_shape(state, reference.shape, reference.dtype, f"rng.cpu.{i}", finite=False)
     for i, state in enumerate(numbered(ckpt.tensors, "rng.cuda.", "CUDA RNG")):
         if state.dtype != torch.uint8 or state.dim() != 1:
             raise StateError(f"rng.cuda.{i} must be a 1-D uint8 tensor")
@@ -326,15 +329,17 @@ def restore_weight_average(ckpt, model) -> WeightAverage | None:
     return WeightAverage(params, averaging["count"], average)
 
 
-def restore_training_state(ckpt, model, step, batcher, device) -> tuple[Progress, tuple | None]:
+def restore_training_state(ckpt, model, step, batcher, device, ranks=None) -> tuple[Progress, tuple | None]:
     """Put a checkpoint's run back in place — weights, optimizer, grad scaler, NT-ASGD average,
     batcher position, RNG, carried state — every part checked against this run before it is used.
-    Returns the progress and the carried state."""
+    Under torchrun (`ranks`), this rank's RNG states and its streams of the carried state (a
+    checkpoint holds every rank's). Returns the progress and the carried state."""
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     if ckpt.optimizer_meta is None or "progress" not in ckpt.trainer:
         raise CheckpointError(f"{ckpt.path} holds no training state to resume; use --init-from to start a new run "
                               f"from its weights")
     ckpt.load_weights_into(model)
-    optimizer_state = check_training_state(ckpt, model, step.optimizer, step.scaler, batcher.batch_size)
+    optimizer_state = check_training_state(ckpt, model, step.optimizer, step.scaler, batcher.batch_size, world)
     try:
         progress = Progress.from_dict(ckpt.trainer["progress"])
         batcher.load_state_dict(ckpt.trainer["batcher"])
@@ -344,9 +349,15 @@ def restore_training_state(ckpt, model, step, batcher, device) -> tuple[Progress
     if ckpt.trainer.get("grad_scaler"):
         step.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
     step.averager = restore_weight_average(ckpt, model)
-    torch.set_rng_state(ckpt.tensors["rng.cpu.0"])
+    torch.set_rng_state(ckpt.tensors[f"rng.cpu.{rank}"])
     cuda_states = ckpt.prefixed("rng.cuda.")
     if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
-    carried = tuple(t.to(device) for t in ckpt.prefixed("carry.")) if ckpt.trainer.get("has_carry") else None
+        if world > 1:  # (a rank per GPU: each saved its own device's state)
+            if len(cuda_states) == world:
+                torch.cuda.set_rng_state(cuda_states[rank], device)
+        else:
+            torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
+    carried = None
+    if ckpt.trainer.get("has_carry"):
+        carried = tuple(t[:, batcher.rows].to(device) for t in ckpt.prefixed("carry."))
     return progress, carried

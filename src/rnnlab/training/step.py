@@ -63,13 +63,16 @@ class TrainingStep:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.averager: WeightAverage | None = None  # NT-ASGD's average, once triggered
+        # what runs forward: the model, or under torchrun its DistributedDataParallel wrapper (which averages
+        # the gradients over the ranks in the backward pass)
+        self.forward = model
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, state, plan: SequencePlan | None = None,
                  weights: torch.Tensor | None = None):
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             if plan is None or len(plan.cuts) == 1:
-                _, loss, carried = self.model(inputs, state, targets, weights)
+                _, loss, carried = self.forward(inputs, state, targets, weights)
             else:
                 loss, carried = self._segmented(inputs, targets, state, plan, weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -93,7 +96,7 @@ class TrainingStep:
                 state = tuple(torch.zeros_like(s) for s in state)
             piece = weights[start:end] if weights is not None else None
             piece_weight = float(piece.sum()) if piece is not None else float(end - start)
-            _, loss, state = self.model(inputs[:, start:end], state, targets[:, start:end], piece)
+            _, loss, state = self.forward(inputs[:, start:end], state, targets[:, start:end], piece)
             if piece_weight > 0:
                 total, weight_sum = total + loss * piece_weight, weight_sum + piece_weight
             if end == plan.transfer_at:
