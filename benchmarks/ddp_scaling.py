@@ -12,7 +12,11 @@ Every figure is the median of --repeats runs with its range; tokens/s is each ru
 --warmup steps. Caveat: the 2 cores share one memory bus and cache, so 2 ranks on them cannot reach 2x
 whatever the all-reduce costs.
 
-    python benchmarks/ddp_scaling.py [--repeats 3] [--steps 60]
+    python benchmarks/ddp_scaling.py [--repeats 3] [--steps 60] [--device cuda]
+
+With --device cuda (a machine with GPUs), each rank trains on its own GPU with NCCL (2 ranks need 2 GPUs;
+on one GPU only the 1-rank figure is measured); the --preset option times another preset (e.g.
+word_ptb_awd_lstm with --data pointing at PTB).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from pathlib import Path
 from common import machine, summary
 
 
-
 def free_port() -> int:
     import socket
 
@@ -44,8 +47,8 @@ def rank_environment(rank: int, world: int, port: int) -> dict:
             "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1"}
 
 
-def run_tokens_per_second(folder: Path, world: int, batch: int, steps: int, warmup: int) -> float:
-    args = [sys.executable, "-m", "rnnlab", "--quiet", "train", "--checkpoint-dir", str(folder), "--overwrite",
+def run_tokens_per_second(folder: Path, world: int, batch: int, steps: int, warmup: int, extra: list[str]) -> float:
+    args = [sys.executable, "-m", "rnnlab", "--quiet", "train", *extra, "--checkpoint-dir", str(folder), "--overwrite",
             "--batch-size", str(batch), "--max-steps", str(steps), "--eval-every", str(10 * steps),
             "--log-every", "5", "--threads", "1", "--sample-length", "0", "--no-progress", "--eval-tokens", "2048"]
     port = free_port()
@@ -59,7 +62,7 @@ def run_tokens_per_second(folder: Path, world: int, batch: int, steps: int, warm
     return statistics.fmean(rates)
 
 
-def _allreduce_share_worker(rank: int, port: int, steps: int, folder: str, queue) -> None:
+def _allreduce_share_worker(rank: int, port: int, steps: int, folder: str, queue, device: str) -> None:
     os.environ.update({k: v for k, v in rank_environment(rank, 2, port).items() if k in (
         "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")})
     import torch
@@ -69,7 +72,8 @@ def _allreduce_share_worker(rank: int, port: int, steps: int, folder: str, queue
     from rnnlab.training.run import resolve_run
 
     torch.set_num_threads(1)
-    run = resolve_run(None, {"train": {"checkpoint_dir": f"{folder}/{rank}", "overwrite": True, "threads": 1}})
+    run = resolve_run(None, {"train": {"checkpoint_dir": f"{folder}/{rank}", "overwrite": True, "threads": 1,
+                                       "device": device}})
     run.model.train()
 
     def timed(context) -> float:
@@ -89,14 +93,14 @@ def _allreduce_share_worker(rank: int, port: int, steps: int, folder: str, queue
     leave_process_group()
 
 
-def allreduce_share(steps: int) -> tuple[float, float, float]:
+def allreduce_share(steps: int, device: str) -> tuple[float, float, float]:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
-        workers = [context.Process(target=_allreduce_share_worker, args=(r, port, steps, folder, queue))
+        workers = [context.Process(target=_allreduce_share_worker, args=(r, port, steps, folder, queue, device))
                    for r in range(2)]
         for w in workers:
             w.start()
@@ -111,22 +115,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--preset", default=None, help="a preset to time instead of the default model")
+    parser.add_argument("--data", default=None, help="its corpus (default: the embedded one)")
     args = parser.parse_args()
     print(machine())
-    cases = {"1 rank x 16": (1, 16), "2 ranks x 16 (global 32)": (2, 16), "2 ranks x 8 (global 16)": (2, 8)}
+    extra = ["--device", args.device] + (["--config", args.preset] if args.preset else []) + \
+        ([args.data] if args.data else [])
+    two = args.device == "cpu" or __import__("torch").cuda.device_count() >= 2
+    cases = {"1 rank x 16": (1, 16)}
+    if two:
+        cases.update({"2 ranks x 16 (global 32)": (2, 16), "2 ranks x 8 (global 16)": (2, 8)})
     rates = {name: [] for name in cases}
     shares = []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # (cases interleaved: the machine's noise hits all)
             for name, (world, batch) in cases.items():
                 rates[name].append(run_tokens_per_second(Path(tmp) / f"run{repeat}", world, batch, args.steps,
-                                                         args.warmup))
-            shares.append(allreduce_share(max(10, args.steps // 3)))
+                                                         args.warmup, extra))
+            if two:
+                shares.append(allreduce_share(max(10, args.steps // 3), args.device))
     base = statistics.median(rates["1 rank x 16"])
     print("\n| run | training tokens/s (all ranks) | ratio to 1 rank |")
     print("| --- | --- | --- |")
     for name, values in rates.items():
         print(f"| {name} | {summary(values)} | {statistics.median(values) / base:.2f}x |")
+    if not shares:
+        return
     share = [s[0] for s in shares]
     print(f"\nall-reduce share of a 2-rank step (2x512 LSTM, batch 16 per rank): median {statistics.median(share):.1%} "
           f"(range {min(share):.1%}-{max(share):.1%}); step {statistics.median([s[1] for s in shares]) * 1e3:.0f} ms "

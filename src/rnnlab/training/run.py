@@ -9,7 +9,6 @@ the checkpoint's training state, checked and put back.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -23,7 +22,7 @@ from rnnlab.config import DataConfig, ModelConfig, RunConfig, build_run_config, 
 from rnnlab.data.batching import make_batcher
 from rnnlab.data.corpus import PreparedCorpus, Splits, prepare_from_config, user_cache_root
 from rnnlab.data.vocab import Vocab, describe_chars
-from rnnlab.errors import CheckpointError, ConfigError, CorpusError
+from rnnlab.errors import CheckpointError, ConfigError, CorpusError, RnnlabError
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.models.size import check_fits, parameter_count, training_bytes
 from rnnlab.training.checkpoint import Checkpoint, load_checkpoint
@@ -189,9 +188,9 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
     if model_vocab is not None and model_vocab.kind != config.data.tokenizer:
         raise ConfigError(f"the checkpoint's vocabulary is {model_vocab.kind}-level; train it with --tokenizer "
                           f"{model_vocab.kind}")
-    with local_rank_zero_first(ranks):  # (one process per machine prepares and caches the corpus)
-        corpus = corpus_in_vocabulary(config.data, model_vocab, compare_own=resumed is not None,
-                                      named=(source or resumed).path if model_vocab is not None else None)
+    corpus = local_rank_zero_first(ranks, lambda: corpus_in_vocabulary(  # (one process per machine prepares it)
+        config.data, model_vocab, compare_own=resumed is not None,
+        named=(source or resumed).path if model_vocab is not None else None))
     if resumed is not None:
         _check_same_corpus(resumed, corpus)
     splits = corpus.splits(config.data.val_frac, config.data.test_frac)
@@ -208,6 +207,8 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
                "lower the model's sizes (--hidden-size, --embedding-size, --num-layers, --mos-experts) or the "
                "batch (--batch-size, --seq-length)")
     model = RecurrentLM(config.model, len(corpus.vocab), learned_initial_state=learned).to(device)
+    if ranks.rank:  # (same weights everywhere, from the seed; each rank its own dropout masks from here on)
+        torch.manual_seed(tc.seed + 1_000_003 * ranks.rank)
     if source is not None:
         _load_initial_weights(model, source)
     step = TrainingStep(model, build_optimizer(model.parameters(), tc, device), precision, tc.grad_clip, device)
@@ -223,15 +224,24 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
                device, resumed.path if resumed is not None else None, ranks)
 
 
-@contextlib.contextmanager
-def local_rank_zero_first(ranks: Ranks):
-    """Local rank 0 of each machine runs the block first (e.g. preparing the corpus cache), the others
-    after it, so they find its work done rather than race it."""
-    if ranks.active and ranks.local_rank != 0:
-        ranks.wait_for_all()
-    yield
-    if ranks.active and ranks.local_rank == 0:
-        ranks.wait_for_all()
+def local_rank_zero_first(ranks: Ranks, work):
+    """work() on local rank 0 of each machine first (e.g. preparing the corpus cache), then on the others,
+    which find its result made rather than race it. If it fails there, every rank stops with its line
+    (rather than waiting for a rank that will never come)."""
+    if not ranks.active:
+        return work()
+    result, failure = None, None
+    if ranks.local_rank == 0:
+        try:
+            result = work()
+        except RnnlabError as exc:
+            failure = exc
+    failed = [message for message in ranks.gathered(str(failure) if failure else None) if message]
+    if failure is not None:
+        raise failure
+    if failed:
+        raise RnnlabError(failed[0])
+    return result if ranks.local_rank == 0 else work()
 
 
 def check_same_ranks(config: RunConfig, resumed: Checkpoint, ranks: Ranks) -> None:
