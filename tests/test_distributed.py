@@ -106,9 +106,11 @@ def test_two_ranks_train_what_one_process_with_the_global_batch_trains(corpus, t
 
 
 def test_a_two_rank_run_stopped_by_sigterm_resumes_bit_identical(corpus, tmp_path):
-    straight = start_ranks(train_args(corpus, tmp_path / "straight", 4, 300), 2, tmp_path / "logs-straight")
+    # (with dropout: each rank's own RNG state must come back to it)
+    straight = start_ranks(train_args(corpus, tmp_path / "straight", 4, 300, "--dropout", "0.3"), 2,
+                           tmp_path / "logs-straight")
     assert finish(straight) == [0, 0], stderr_of(tmp_path / "logs-straight", 0)
-    args = train_args(corpus, tmp_path / "stopped", 4, 300)
+    args = train_args(corpus, tmp_path / "stopped", 4, 300, "--dropout", "0.3")
     first = start_ranks(args, 2, tmp_path / "logs-first")
     wait_for_checkpoint(tmp_path / "stopped", first)
     first[1].send_signal(signal.SIGTERM)  # (one rank only: the ranks agree to stop at the same step)
@@ -177,10 +179,12 @@ def test_a_resume_on_another_number_of_ranks_is_refused_and_the_checkpoint_works
 
 
 @pytest.mark.parametrize("settings", [
-    ["--seq-length", "16", "--tokenizer", "word", "--head", "adaptive", "--adaptive-cutoffs", "4,8", "--weight-drop",
-     "0.2", "--optimizer", "nt-asgd", "--nt-asgd-interval", "1", "--precision", "bf16"],
+    # (k1 < k2: each step's forward runs in segments, and a cluster of the adaptive head may go unused)
+    ["--seq-length", "16", "--k1", "8", "--batching", "equidistant", "--tokenizer", "word", "--head", "adaptive",
+     "--adaptive-cutoffs", "4,8", "--weight-drop", "0.2", "--optimizer", "nt-asgd", "--nt-asgd-interval", "1",
+     "--precision", "bf16"],
     ["--scheme", "2", "--head", "mos"],  # (equidistant batches, a learned initial state, segmented forwards)
-], ids=["word-adaptive-weightdrop-ntasgd-bf16", "scheme2-mos"])
+], ids=["word-segments-adaptive-weightdrop-ntasgd-bf16", "scheme2-mos"])
 def test_the_rest_of_the_toolkit_trains_on_two_ranks(corpus, tmp_path, settings):
     folder, logs = tmp_path / "run", tmp_path / "logs"
     args = [str(corpus), "--checkpoint-dir", str(folder), "--hidden-size", "32", "--num-layers", "2",
@@ -189,3 +193,14 @@ def test_the_rest_of_the_toolkit_trains_on_two_ranks(corpus, tmp_path, settings)
     assert finish(start_ranks(args, 2, logs)) == [0, 0], stderr_of(logs, 0) + stderr_of(logs, 1)
     ckpt = load_checkpoint(folder / read_pointer(folder, "last")["file"])
     assert ckpt.trainer["world_size"] == 2 and ckpt.trainer["progress"]["step"] == 30
+
+
+def test_a_folder_rank_0_cannot_use_stops_every_rank_with_its_line(corpus, tmp_path):
+    folder, logs = tmp_path / "taken", tmp_path / "logs"
+    folder.mkdir()
+    (folder / "lm_lstm_epoch1.00_1.0000.safetensors").write_bytes(b"another run")
+    codes = finish(start_ranks(train_args(corpus, folder, 4, 20), 2, logs), limit=120)
+    assert codes == [1, 1]
+    for rank in (0, 1):
+        lines = stderr_of(logs, rank).strip().splitlines()
+        assert len(lines) == 1 and "holds another run" in lines[0], lines

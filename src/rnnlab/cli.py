@@ -222,7 +222,7 @@ def cmd_train(args) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        leave_process_group()
+    leave_process_group()  # (after a clean end only: NCCL's teardown can hang while another rank is gone)
     if result.rank != 0:  # (under torchrun, rank 0 reports for the job)
         return 0
 

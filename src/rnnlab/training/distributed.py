@@ -39,6 +39,7 @@ class Ranks:
     world: int = 1
     local_rank: int = 0
     backend: str = ""
+    gpu: int = 0  # (the CUDA device this rank trains on)
 
     @property
     def active(self) -> bool:
@@ -62,7 +63,7 @@ class Ranks:
                               device=device)
         with collective("a training step"):
             dist.all_reduce(values)
-        mean, stops, clock = values.tolist()
+            mean, stops, clock = values.tolist()  # (where an asynchronous NCCL failure shows)
         return mean / self.world, stops > 0, clock
 
     def from_main(self, value):
@@ -132,15 +133,22 @@ def current_ranks(device_type: str = "cpu", timeout_minutes: float = 30.0) -> Ra
     if not 0 <= rank < world:
         raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}; start distributed runs with torchrun")
     backend = "nccl" if device_type == "cuda" else "gloo"
+    gpu = 0
     if device_type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
-                              f"give torchrun --nproc-per-node at most that")
-        torch.cuda.set_device(local_rank)
+        visible = torch.cuda.device_count()
+        if local_rank >= visible and visible != 1:
+            raise ConfigError(f"LOCAL_RANK {local_rank} has no GPU: this process sees {visible}; give torchrun "
+                              f"--nproc-per-node at most that")
+        gpu = local_rank if visible > 1 else 0  # (one visible GPU per process: a scheduler chose it for us)
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
-        with collective(f"joining the process group ({backend})"):
-            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
-    _current = Ranks(rank, world, local_rank, backend)
+        try:
+            with collective(f"joining the process group ({backend})"):
+                dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        except ValueError as exc:  # (WORLD_SIZE set but no MASTER_ADDR/PORT: not torchrun's environment)
+            raise ConfigError(f"WORLD_SIZE={world} is set but the process group cannot start ({exc}); start "
+                              f"distributed runs with torchrun, or unset WORLD_SIZE") from None
+    _current = Ranks(rank, world, local_rank, backend, gpu)
     if not _current.main:  # (one voice: rank 0 logs, shows the progress and writes the run folder)
         logging.getLogger("rnnlab").setLevel(logging.ERROR)
     return _current
@@ -168,14 +176,15 @@ def _environment_int(name: str, default: int | None) -> int:
 
 
 def wrap_for_ranks(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
-    """The model the training step runs forward: DistributedDataParallel over the ranks (averaging the
-    gradients in the backward pass), or the model itself on one rank."""
+    """What the training step runs forward (its StepForward): DistributedDataParallel over the ranks
+    (averaging the gradients in the backward pass), or as it is on one rank."""
     if not ranks.active:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     # (an adaptive head leaves the clusters no target of a batch falls in without gradients)
-    unused = getattr(getattr(model, "config", None), "head", "softmax") == "adaptive"
+    inner = getattr(model, "model", model)
+    unused = getattr(getattr(inner, "config", None), "head", "softmax") == "adaptive"
     with collective("wrapping the model (rank 0's weights to every rank)"):
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                        find_unused_parameters=unused)

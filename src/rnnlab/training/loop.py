@@ -126,7 +126,8 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: Va
                     update_schedules(run, result.nats_per_token)
                     saver.save(prog, result, raw)
                 saved_at = prog.step
-                if after_validation is not None and ranks.from_main(after_validation(run, result)):
+                if after_validation is not None and ranks.from_main(after_validation(run, result) if ranks.main
+                                                                    else None):
                     agreed.stop_all(STOPPED_AFTER_VALIDATION)
         stopped = agreed.stopping
         meter.finished = not stopped
@@ -137,18 +138,18 @@ def _train(run: Run, stop: StopRequest, progress_bar: bool, after_validation: Va
             with saver.weights_to_save() as raw:  # (an extra validation: it feeds no schedule)
                 saver.save(prog, saver.validate(prog), raw)
         whole = validate_whole_split(run, saver) if not stopped else None
+        result = _result(run, stopped)
+        ranks.wait_for_all()  # (the ranks end together, once rank 0 has written everything)
     except RanksLost as exc:
         raise RanksLost(f"{exc}; the last checkpoint in {run.folder} is kept: resume with the same command and "
                         f"--resume {run.folder}") from None
     finally:
         meter.close()
         saver.close()
-    result = _result(run, stopped)
     if whole is not None:
         result.whole_val_loss = whole.nats_per_token
     elif not stopped:  # (every validation scored the whole split)
         result.whole_val_loss = result.val_loss
-    ranks.wait_for_all()  # (the ranks end together, once rank 0 has written everything)
     return result
 
 
@@ -213,7 +214,7 @@ def train_batch(run: Run, elapsed: float, agreed: Agreement | None = None) -> tu
     train_loss = agreed.step_done(loss.item()) if agreed is not None else loss.item()
     prog.recent_losses.append(train_loss)
     prog.first_loss = prog.first_loss if prog.first_loss is not None else train_loss
-    _guard(train_loss, prog.first_loss, tc.loss_guard, prog.step, run.folder)
+    _guard(train_loss, prog.first_loss, tc.loss_guard, prog.step, run.folder if run.ranks.main else None)
     return train_loss, lr
 
 
@@ -590,13 +591,18 @@ def _finished(tc, prog: Progress, batcher, elapsed: float, stopping: bool) -> bo
             or (tc.max_minutes and elapsed >= tc.max_minutes * 60.0))
 
 
-def _guard(loss: float, first_loss: float, factor: float, step: int, folder: Path) -> None:
+def _guard(loss: float, first_loss: float, factor: float, step: int, folder: Path | None) -> None:
+    """Stop a diverged run (under torchrun every rank sees the same mean loss; rank 0, which has the
+    folder, says what was kept)."""
     if math.isfinite(loss) and not (factor and loss > factor * first_loss):
         return
     what = (f"became {loss}" if not math.isfinite(loss)
             else f"exploded to {loss:.4f} (over {factor:g}x the first loss {first_loss:.4f})")
-    kept = (f"the last good checkpoint in {folder} is kept" if read_pointer(folder, "last")
-            else "no checkpoint was written")
+    if folder is None:
+        kept = "rank 0 keeps the last good checkpoint"
+    else:
+        kept = (f"the last good checkpoint in {folder} is kept" if read_pointer(folder, "last")
+                else "no checkpoint was written")
     raise TrainingDiverged(f"the training loss {what} at step {step}; stopped, {kept} "
                            f"(try a lower --learning-rate or --grad-clip)")
 

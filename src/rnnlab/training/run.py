@@ -179,9 +179,10 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
         check_same_ranks(config, resumed, ranks)
     if ranks.active:
         if device.type == "cuda":
-            device = torch.device("cuda", ranks.local_rank)
-    if ranks.main:  # (rank 0 alone writes the run folder)
-        prepare_folder(Path(tc.checkpoint_dir), resuming=resumed is not None, overwrite=tc.overwrite)
+            device = torch.device("cuda", ranks.gpu)
+    # (rank 0 alone writes the run folder; if it cannot, every rank stops with its line)
+    on_rank_zero(ranks, lambda: prepare_folder(Path(tc.checkpoint_dir), resuming=resumed is not None,
+                                               overwrite=tc.overwrite))
     precision = resolve_precision(tc.precision, device)
     torch.manual_seed(tc.seed)
     model_vocab = (source or resumed).vocab if (source or resumed) is not None else None
@@ -215,7 +216,7 @@ def build_run(config: RunConfig, resumed: Checkpoint | None = None, source: Chec
     progress, carried = Progress(), None
     if resumed is not None:
         progress, carried = restore_training_state(resumed, model, step, batcher, device, ranks)
-    step.forward = wrap_for_ranks(model, ranks, device)
+    step.forward = wrap_for_ranks(step.forward, ranks, device)
     # the schedule's horizon, fixed when the run starts: a resumed run keeps it even if its stop limit moves,
     # unless told to stretch it over the new limit
     if not progress.planned_steps or (resumed is not None and tc.extend_schedule):
@@ -230,18 +231,37 @@ def local_rank_zero_first(ranks: Ranks, work):
     (rather than waiting for a rank that will never come)."""
     if not ranks.active:
         return work()
+    result = _shared_outcome(ranks, work, ranks.local_rank == 0, everyone_hears=ranks.gathered)
+    return result if ranks.local_rank == 0 else work()
+
+
+def on_rank_zero(ranks: Ranks, work) -> None:
+    """work() on rank 0 alone; a failure there is every rank's one line."""
+    if not ranks.active:
+        work()
+        return
+    _shared_outcome(ranks, work, ranks.main, everyone_hears=lambda message: [ranks.from_main(message)])
+
+
+def _shared_outcome(ranks: Ranks, work, here: bool, everyone_hears):
     result, failure = None, None
-    if ranks.local_rank == 0:
+    if here:
         try:
             result = work()
-        except RnnlabError as exc:
+        except Exception as exc:  # (told to the others first, then raised here as it is)
             failure = exc
-    failed = [message for message in ranks.gathered(str(failure) if failure else None) if message]
+    heard = [message for message in everyone_hears(_one_line(failure) if failure else None) if message]
     if failure is not None:
         raise failure
-    if failed:
-        raise RnnlabError(failed[0])
-    return result if ranks.local_rank == 0 else work()
+    if heard:
+        raise RnnlabError(heard[0])
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}"
+    return str(exc) if isinstance(exc, RnnlabError) else f"{type(exc).__name__}: {exc}"
 
 
 def check_same_ranks(config: RunConfig, resumed: Checkpoint, ranks: Ranks) -> None:

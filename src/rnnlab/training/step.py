@@ -50,6 +50,35 @@ def torch_threads(count: int):
             torch.set_num_threads(previous)
 
 
+class StepForward(torch.nn.Module):
+    """The loss of one batch: the model's forward, in segments where the plan cuts the sequence (resets,
+    the state captured at k1). One module call per step, so that DistributedDataParallel, which wraps
+    it under torchrun, sees the whole step as one forward (it tells which parameters a step used, e.g.
+    an adaptive head's clusters, from one call)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, targets, state, plan: SequencePlan | None = None, weights=None):
+        if plan is None or len(plan.cuts) == 1:
+            _, loss, carried = self.model(inputs, state, targets, weights)
+            return loss, carried
+        total, weight_sum, carried, start = 0.0, 0.0, None, 0
+        for end in plan.cuts:
+            if start in plan.resets:
+                state = tuple(torch.zeros_like(s) for s in state)
+            piece = weights[start:end] if weights is not None else None
+            piece_weight = float(piece.sum()) if piece is not None else float(end - start)
+            _, loss, state = self.model(inputs[:, start:end], state, targets[:, start:end], piece)
+            if piece_weight > 0:
+                total, weight_sum = total + loss * piece_weight, weight_sum + piece_weight
+            if end == plan.transfer_at:
+                carried = state
+            start = end
+        return total / weight_sum, carried if plan.transfer_at else state
+
+
 class TrainingStep:
     """One optimizer step on one batch: forward (under autocast), backward, clip, update.
 
@@ -63,18 +92,15 @@ class TrainingStep:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.averager: WeightAverage | None = None  # NT-ASGD's average, once triggered
-        # what runs forward: the model, or under torchrun its DistributedDataParallel wrapper (which averages
-        # the gradients over the ranks in the backward pass)
-        self.forward = model
+        # what runs the batch forward: StepForward, or under torchrun its DistributedDataParallel wrapper
+        # (which averages the gradients over the ranks in the backward pass)
+        self.forward = StepForward(model)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, state, plan: SequencePlan | None = None,
                  weights: torch.Tensor | None = None):
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            if plan is None or len(plan.cuts) == 1:
-                _, loss, carried = self.forward(inputs, state, targets, weights)
-            else:
-                loss, carried = self._segmented(inputs, targets, state, plan, weights)
+            loss, carried = self.forward(inputs, targets, state, plan, weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip:
@@ -87,19 +113,3 @@ class TrainingStep:
         if self.averager is not None and not skipped:
             self.averager.update()
         return loss.detach(), tuple(s.detach().float() for s in carried)
-
-    def _segmented(self, inputs, targets, state, plan: SequencePlan, weights):
-        """Forward in segments: zero the state at resets, capture the state to carry at k1."""
-        total, weight_sum, carried, start = 0.0, 0.0, None, 0
-        for end in plan.cuts:
-            if start in plan.resets:
-                state = tuple(torch.zeros_like(s) for s in state)
-            piece = weights[start:end] if weights is not None else None
-            piece_weight = float(piece.sum()) if piece is not None else float(end - start)
-            _, loss, state = self.forward(inputs[:, start:end], state, targets[:, start:end], piece)
-            if piece_weight > 0:
-                total, weight_sum = total + loss * piece_weight, weight_sum + piece_weight
-            if end == plan.transfer_at:
-                carried = state
-            start = end
-        return total / weight_sum, carried if plan.transfer_at else state
