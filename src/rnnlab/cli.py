@@ -167,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         faulthandler.enable()
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
+    code = _run(args)
+    if _rank_prefix() and args.handler is cmd_train:
+        # a torchrun worker leaves at once: tearing down a process group and DDP's reducer at interpreter
+        # exit can wait forever for a peer that has already gone (seen once on gloo under load)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args) -> int:
     try:
         return args.handler(args) or 0
     except RnnlabError as exc:
@@ -222,6 +233,7 @@ def cmd_train(args) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    run.step.forward = getattr(run.step.forward, "module", run.step.forward)  # (DDP's wrapper goes first)
     leave_process_group()  # (after a clean end only: NCCL's teardown can hang while another rank is gone)
     if result.rank != 0:  # (under torchrun, rank 0 reports for the job)
         return 0
