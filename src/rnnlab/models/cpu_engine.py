@@ -45,7 +45,13 @@ class _StepEngine(abc.ABC):
     model's own fused forward. Same interface as the model for sampling: vocab_size, init_state,
     prime, step."""
 
-    uses_blas_threads = True  # the sampler keeps torch to one thread while this engine steps
+    @property
+    def uses_blas_threads(self) -> bool:
+        """Whether the sampler keeps torch to one thread while this engine steps: yes for fp32 weights
+        (OpenBLAS's products need both cores, which idle torch workers would spin on); no for int8, whose
+        products are torch's own (fbgemm, on every core) and whose small fp32 products go through torch
+        too, so only one thread pool is ever busy."""
+        return self.weights != "int8"
 
     def __init__(self, model: RecurrentLM, weights: str):
         if weights not in ("fp32", "int8"):
@@ -63,6 +69,13 @@ class _StepEngine(abc.ABC):
 
     def _int8_product(self, k: int, h: np.ndarray) -> np.ndarray:
         return torch.ops.quantized.linear_dynamic(torch.from_numpy(h), self.int8[k], self.reduce_range).numpy()
+
+    def _dense_product(self, h: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """h @ matrix.T in fp32: NumPy's (OpenBLAS) beside fp32 products, torch's beside int8 ones (see
+        uses_blas_threads)."""
+        if self.weights == "int8":
+            return (torch.from_numpy(h) @ torch.from_numpy(matrix).T).numpy()
+        return h @ matrix.T
 
     def init_state(self, batch_size: int, device=None):
         return self.from_model_state(self._model.init_state(batch_size, torch.device("cpu")))
@@ -158,7 +171,7 @@ class CpuStepEngine(_StepEngine):
             gates = np.add(product[:, :-gw], self.input_bias[k])
         if self.final is not None:
             np.maximum(gates, LEAKINESS * gates, out=gates)  # leaky ReLU
-            gates = gates @ self.final[0].T
+            gates = self._dense_product(gates, self.final[0])
             gates += self.final[1]
         logits = torch.from_numpy(gates)
         if self.cell == "lstm":
@@ -171,7 +184,7 @@ class CpuStepEngine(_StepEngine):
             if k + 1 < self.num_layers:
                 return recurrent
             head = self.stacked[k][:-self.gate_width]
-            return np.concatenate([h @ head.T, recurrent], axis=1)
+            return np.concatenate([self._dense_product(h, head), recurrent], axis=1)
         matrix = self.stacked[k]
         if h.shape[0] == 1:  # a matrix-vector product: OpenBLAS's gemv, split over the cores
             return np.dot(matrix, h[0])[None, :]
@@ -271,11 +284,11 @@ class QrnnStepEngine(_StepEngine):
                 r_new[k + 1] = product[:, 1::2]
             else:
                 gates = product + self.biases[k + 1]
-        logits = h @ self.head[0].T
+        logits = self._dense_product(h, self.head[0])
         logits += self.head[1]
         if self.final is not None:
             np.maximum(logits, LEAKINESS * logits, out=logits)  # leaky ReLU
-            logits = logits @ self.final[0].T + self.final[1]
+            logits = self._dense_product(logits, self.final[0]) + self.final[1]
         if self.window == 2:
             extra = (torch.from_numpy(x_first), torch.from_numpy(x_rest))
         return torch.from_numpy(logits), (torch.from_numpy(c_new), *extra, torch.from_numpy(r_new))
