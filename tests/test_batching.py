@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
-from rnnlab.data.batching import StreamBatcher
+from rnnlab.data.batching import StreamBatcher, make_batcher
 from rnnlab.errors import CorpusError
 
 
@@ -44,3 +45,25 @@ def test_id_map_translates_ids():
 def test_too_small_corpus_names_settings_that_fit():
     with pytest.raises(CorpusError, match=r"has 100 tokens.*--batch-size 1 or --seq-length 19"):
         StreamBatcher(np.arange(100), batch_size=5, seq_length=50)
+
+
+def test_ranks_read_their_own_blocks_of_the_global_batch_and_a_too_small_split_says_so():
+    """Under torchrun each rank's batcher draws the global batch (world x batch_size streams) and reads
+    its own contiguous block: together the ranks read exactly what one process with the global batch
+    reads."""
+    from rnnlab.config import TrainConfig
+    from rnnlab.training.distributed import Ranks
+
+    tokens = np.arange(5000, dtype=np.int64) % 97
+    for batching in ("streams", "equidistant", "random", "variable"):
+        extra = {"k1": 8} if batching == "equidistant" else {}
+        config = TrainConfig(batch_size=3, seq_length=16, batching=batching, **extra)
+        whole = make_batcher(tokens, TrainConfig(batch_size=6, seq_length=16, batching=batching, **extra))
+        parts = [make_batcher(tokens, config, ranks=Ranks(rank=r, world=2)) for r in range(2)]
+        for _ in range(5):
+            expected = whole.next_batch()
+            got = [p.next_batch() for p in parts]
+            assert torch.equal(torch.cat([g.inputs for g in got]), expected.inputs), batching
+            assert all(g.lr_scale == expected.lr_scale for g in got)
+    with pytest.raises(CorpusError, match=r"2 ranks x --batch-size 200 = 400 streams.*divide it by 2"):
+        make_batcher(tokens, TrainConfig(batch_size=200, seq_length=16), ranks=Ranks(rank=0, world=2))

@@ -264,14 +264,23 @@ def make_batcher(tokens: np.ndarray, config, id_map=None, ranks=None):
     batch_size streams, reading this rank's own."""
     world = ranks.world if ranks is not None else 1
     size = config.batch_size * world
-    if config.batching == "equidistant":
-        batcher = EquidistantBatcher(tokens, size, config.seq_length, config.k1, id_map)
-    elif config.batching == "random":
-        batcher = RandomWindowBatcher(tokens, size, config.seq_length, config.seed, id_map)
-    elif config.batching == "variable":
-        batcher = VariableLengthBatcher(tokens, size, config.seq_length, config.seed, id_map)
-    else:
-        batcher = StreamBatcher(tokens, size, config.seq_length, "train", id_map=id_map)
+    try:
+        batcher = _make_batcher(tokens, config, size, id_map)
+    except CorpusError as exc:
+        if world == 1:
+            raise
+        raise CorpusError(f"{exc} (this job's batch is {world} ranks x --batch-size {config.batch_size} = {size} "
+                          f"streams: a --batch-size above is the whole job's; divide it by {world})") from None
     if world > 1:
         batcher.rows = ranks.rows(config.batch_size)
     return batcher
+
+
+def _make_batcher(tokens: np.ndarray, config, size: int, id_map):
+    if config.batching == "equidistant":
+        return EquidistantBatcher(tokens, size, config.seq_length, config.k1, id_map)
+    if config.batching == "random":
+        return RandomWindowBatcher(tokens, size, config.seq_length, config.seed, id_map)
+    if config.batching == "variable":
+        return VariableLengthBatcher(tokens, size, config.seq_length, config.seed, id_map)
+    return StreamBatcher(tokens, size, config.seq_length, "train", id_map=id_map)
