@@ -44,7 +44,7 @@ from rnnlab.config import (
 from rnnlab.data.corpus import encode_file_to_memmap, prepare_from_config
 from rnnlab.data.text import read_text_chunks, resolve_text_path
 from rnnlab.data.vocab import describe_chars
-from rnnlab.errors import ConfigError, CorpusError, RnnlabError
+from rnnlab.errors import ConfigError, CorpusError, RnnlabError, os_error_line
 from rnnlab.sampling import (
     complete_texts,
     make_stepper,
@@ -197,8 +197,7 @@ def _run(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:
-        print(f"rnnlab: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}",
-              file=sys.stderr)
+        print(f"rnnlab: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
 
 

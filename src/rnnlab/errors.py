@@ -19,3 +19,8 @@ class CheckpointError(RnnlabError):
 
 class VocabularyError(RnnlabError):
     """Text holding characters the model's vocabulary does not know."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as the one line users see: what went wrong, and on which file."""
+    return f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}"

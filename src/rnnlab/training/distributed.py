@@ -155,8 +155,8 @@ def current_ranks(device_type: str = "cpu", timeout_minutes: float = 30.0) -> Ra
 
 
 def leave_process_group() -> None:
-    """At the end of a distributed run (so that a process leaves cleanly, and a test may join again);
-    drop the run's DDP wrapper first."""
+    """At the end of a distributed run (so that a process leaves cleanly, and a test may join again). The
+    caller drops its DDP wrapper first; the collection frees it before the group goes."""
     global _current
     if _current is not None and _current.active and dist.is_initialized():
         import gc

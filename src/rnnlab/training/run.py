@@ -22,7 +22,7 @@ from rnnlab.config import DataConfig, ModelConfig, RunConfig, build_run_config, 
 from rnnlab.data.batching import make_batcher
 from rnnlab.data.corpus import PreparedCorpus, Splits, prepare_from_config, user_cache_root
 from rnnlab.data.vocab import Vocab, describe_chars
-from rnnlab.errors import CheckpointError, ConfigError, CorpusError, RnnlabError
+from rnnlab.errors import CheckpointError, ConfigError, CorpusError, RnnlabError, os_error_line
 from rnnlab.models.lm import RecurrentLM
 from rnnlab.models.size import check_fits, parameter_count, training_bytes
 from rnnlab.training.checkpoint import Checkpoint, load_checkpoint
@@ -260,7 +260,7 @@ def _shared_outcome(ranks: Ranks, work, here: bool, everyone_hears):
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError):
-        return f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}"
+        return os_error_line(exc)
     return str(exc) if isinstance(exc, RnnlabError) else f"{type(exc).__name__}: {exc}"
 
 
