@@ -1,0 +1,689 @@
+/* One compiled step of a recurrent language model: every layer, then the output layer, in one call.
+
+Why it exists: the NumPy engine (cpu_engine.py) crosses from Python into NumPy a dozen times per
+character, and each crossing costs more than the arithmetic it starts. Here one call runs the whole
+step on the engine's threads, with the weights kept small enough to stay in the cores' caches.
+
+The Python side (fast_engine.py) lays the weights out and owns them; this file only reads them:
+  * each layer is one matrix of S "slots" per hidden unit, rows unit-major (row = unit * S + slot),
+    columns [x ; h_previous] padded to a multiple of 32. A thread owns a block of units, so it
+    computes their slots and updates their state with no barrier in between; the layers are
+    separated by one barrier each. LSTM: S = 4 (i, f, g, o). GRU: S = 4 (r, z, and n's input and
+    recurrent terms apart, since the reset gate multiplies only the latter). tanh-RNN: S = 1.
+  * the first layer's input term (its weights times the token's input vector, biases included) is
+    a (V, S*H) table, so its matrix has the h columns only;
+  * weights are int8 (one scale per row and one per column, the column scale folded into the
+    input, which is then rounded to int16 per stream) or fp16; the output layer stays fp32.
+Kernels: AVX-512, AVX2 (x86-64, chosen at run time) and portable C for every other CPU (ARM
+included), the same arithmetic in each; tests compare all of them with the model's own step.
+Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots per unit, L = layers. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#define TARGET(isa) __attribute__((target(isa)))
+#else
+#define HAVE_X86 0
+#define TARGET(isa)
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+enum { CELL_LSTM, CELL_GRU, CELL_RNN };
+enum { WEIGHTS_INT8, WEIGHTS_FP16 };
+enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_AVX512_VNNI };
+#define ISAS 4
+static const char *ISA_NAMES[ISAS] = {"generic", "avx2", "avx512", "avx512vnni"};
+#define MAX_LAYERS 16
+#define COLUMN_BLOCK 32
+#define PROFILE_PARTS 4 /* input rounding, products, gate math, output layer (seconds, summed) */
+
+typedef struct {
+    int cell, weights, isa, layers, hidden, vocab, slots, rows, head_cols;
+    int cols[MAX_LAYERS];              /* padded columns of each layer's matrix */
+    const void *w[MAX_LAYERS];         /* (rows, cols[k]) int8 or fp16 */
+    const float *row_scale[MAX_LAYERS];/* int8: (rows,) */
+    const float *col_scale[MAX_LAYERS];/* int8: (cols[k],), 0 on padding */
+    const float *bias[MAX_LAYERS];     /* (S, H), slot-major; unused for layer 0 */
+    const float *table;                /* (V, S, H): the first layer's input term per token */
+    const float *head_w, *head_b;      /* (ceil4(V), head_cols) fp32, (V,) */
+    Py_buffer views[5 * MAX_LAYERS + 4];
+    int nviews;
+    double profile[PROFILE_PARTS];
+    int profiling;
+} Engine;
+
+/* --- gate math: exp with a degree-6 polynomial, vectorizable, relative error ~1e-7 ------------- */
+
+INLINE float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float t = x * 1.44269504f;
+    float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest (|t| < 2^22) */
+    float r = x - n * 0.693145752f - n * 1.42860677e-6f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f + r * (0.00833333377f +
+                                                                                            r * 0.00138888892f)))));
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)n + 127) << 23;
+    return p * scale.f;
+}
+INLINE float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+INLINE float tanh_approx(float x) { return 1.0f - 2.0f / (1.0f + exp_approx(2.0f * x)); }
+
+/* pre: (S, H) of one stream; units [u0, u1) of its state updated from h/c (previous) into h2/c2 */
+INLINE void gates_body(int cell, int hidden, const float *restrict pre, const float *restrict h,
+                       const float *restrict c, float *restrict h2, float *restrict c2,
+                       int u0, int u1) {
+    const float *s0 = pre, *s1 = pre + hidden, *s2 = pre + 2 * hidden, *s3 = pre + 3 * hidden;
+    if (cell == CELL_LSTM) {
+        for (int j = u0; j < u1; j++)
+            c2[j] = sigmoid_approx(s1[j]) * c[j] + sigmoid_approx(s0[j]) * tanh_approx(s2[j]);
+        for (int j = u0; j < u1; j++) h2[j] = sigmoid_approx(s3[j]) * tanh_approx(c2[j]);
+    } else if (cell == CELL_GRU) {
+        for (int j = u0; j < u1; j++) {
+            float r = sigmoid_approx(s0[j]), z = sigmoid_approx(s1[j]);
+            float n = tanh_approx(s2[j] + r * s3[j]);
+            h2[j] = n + z * (h[j] - n);
+        }
+    } else {
+        for (int j = u0; j < u1; j++) h2[j] = tanh_approx(s0[j]);
+    }
+}
+
+/* --- tile kernels: out[s * 4 + r] = w[r] . x[s] for 4 rows and ns <= 4 streams ----------------- */
+
+INLINE void tile_i8_generic(const int8_t *w, long cols, const int16_t *x, long xs, int ns, float *out) {
+    for (int s = 0; s < ns; s++)
+        for (int r = 0; r < 4; r++) {
+            int64_t acc = 0;
+            for (long c = 0; c < cols; c++) acc += (int32_t)w[r * cols + c] * (int32_t)x[s * xs + c];
+            out[s * 4 + r] = (float)acc;
+        }
+}
+INLINE float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    union { uint32_t u; float f; } v;
+    if (exponent == 0) { /* zero or subnormal */
+        v.f = (float)mantissa * 5.96046448e-8f;
+        v.u |= sign;
+        return v.f;
+    }
+    v.u = sign | ((exponent == 31 ? 255 : exponent + 112) << 23) | (mantissa << 13);
+    return v.f;
+}
+INLINE void tile_f16_generic(const uint16_t *w, long cols, const float *x, long xs, int ns, float *out) {
+    for (int s = 0; s < ns; s++)
+        for (int r = 0; r < 4; r++) {
+            float acc = 0.0f;
+            for (long c = 0; c < cols; c++) acc += half_to_float(w[r * cols + c]) * x[s * xs + c];
+            out[s * 4 + r] = acc;
+        }
+}
+INLINE void tile_f32_generic(const float *w, long cols, const float *x, long xs, int ns, float *out) {
+    for (int s = 0; s < ns; s++)
+        for (int r = 0; r < 4; r++) {
+            float acc = 0.0f;
+            for (long c = 0; c < cols; c++) acc += w[r * cols + c] * x[s * xs + c];
+            out[s * 4 + r] = acc;
+        }
+}
+
+#if HAVE_X86
+#define AVX512 "avx512f,avx512bw,avx512dq,avx512vl,fma,avx2,f16c"
+#define AVX2 "avx2,fma,f16c"
+#define VNNI AVX512 ",avx512vnni"
+
+/* NS streams at a time (a constant after inlining): each weight vector loaded once serves all */
+#define TILE_LOOP_512(NS, LOAD_W, LOAD_X, STEP, ACC_T, ZERO, MAC, REDUCE)                                   \
+    ACC_T acc[4][4];                                                                                         \
+    for (int r = 0; r < 4; r++)                                                                              \
+        for (int s = 0; s < NS; s++) acc[r][s] = ZERO;                                                       \
+    for (long c = 0; c < cols; c += STEP) {                                                                  \
+        ACC_T wv[4], xv[4];                                                                                  \
+        for (int r = 0; r < 4; r++) wv[r] = LOAD_W(r);                                                       \
+        for (int s = 0; s < NS; s++) xv[s] = LOAD_X(s);                                                      \
+        for (int r = 0; r < 4; r++)                                                                          \
+            for (int s = 0; s < NS; s++) acc[r][s] = MAC(acc[r][s], wv[r], xv[s]);                           \
+    }                                                                                                        \
+    for (int s = 0; s < NS; s++)                                                                             \
+        for (int r = 0; r < 4; r++) out[s * 4 + r] = REDUCE(acc[r][s]);
+
+TARGET(AVX512) INLINE __m512i madd16_512(__m512i acc, __m512i w, __m512i x) {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x));
+}
+TARGET(AVX512) INLINE __m512 fma_512(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
+TARGET(AVX512) INLINE float sum_i32_512(__m512i acc) { return _mm512_reduce_add_ps(_mm512_cvtepi32_ps(acc)); }
+TARGET(AVX512) INLINE void tile_i8_512_n(const int8_t *w, long cols, const int16_t *x, long xs, const int NS,
+                                         float *out) {
+#define LW(r) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + (r) * cols + c)))
+#define LX(s) _mm512_loadu_si512((const void *)(x + (s) * xs + c))
+    TILE_LOOP_512(NS, LW, LX, 32, __m512i, _mm512_setzero_si512(), madd16_512, sum_i32_512)
+#undef LW
+#undef LX
+}
+TARGET(VNNI) INLINE __m512i dot16_512(__m512i acc, __m512i w, __m512i x) { return _mm512_dpwssd_epi32(acc, w, x); }
+TARGET(VNNI) INLINE void tile_i8_vnni_n(const int8_t *w, long cols, const int16_t *x, long xs, const int NS,
+                                       float *out) {
+#define LW(r) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + (r) * cols + c)))
+#define LX(s) _mm512_loadu_si512((const void *)(x + (s) * xs + c))
+    TILE_LOOP_512(NS, LW, LX, 32, __m512i, _mm512_setzero_si512(), dot16_512, sum_i32_512)
+#undef LW
+#undef LX
+}
+TARGET(AVX512) INLINE void tile_f16_512_n(const uint16_t *w, long cols, const float *x, long xs, const int NS,
+                                          float *out) {
+#define LW(r) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + (r) * cols + c)))
+#define LX(s) _mm512_loadu_ps(x + (s) * xs + c)
+    TILE_LOOP_512(NS, LW, LX, 16, __m512, _mm512_setzero_ps(), fma_512, _mm512_reduce_add_ps)
+#undef LW
+#undef LX
+}
+TARGET(AVX512) INLINE void tile_f32_512_n(const float *w, long cols, const float *x, long xs, const int NS,
+                                          float *out) {
+#define LW(r) _mm512_loadu_ps(w + (r) * cols + c)
+#define LX(s) _mm512_loadu_ps(x + (s) * xs + c)
+    TILE_LOOP_512(NS, LW, LX, 16, __m512, _mm512_setzero_ps(), fma_512, _mm512_reduce_add_ps)
+#undef LW
+#undef LX
+}
+
+TARGET(AVX2) INLINE __m256i madd16_256(__m256i acc, __m256i w, __m256i x) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x));
+}
+TARGET(AVX2) INLINE __m256 fma_256(__m256 acc, __m256 w, __m256 x) { return _mm256_fmadd_ps(w, x, acc); }
+TARGET(AVX2) INLINE float sum_f32_256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+TARGET(AVX2) INLINE float sum_i32_256(__m256i acc) { return sum_f32_256(_mm256_cvtepi32_ps(acc)); }
+/* AVX2 has 16 registers: tiles of 4 rows by at most 2 streams */
+TARGET(AVX2) INLINE void tile_i8_256_n(const int8_t *w, long cols, const int16_t *x, long xs, const int NS,
+                                       float *out) {
+#define LW(r) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + (r) * cols + c)))
+#define LX(s) _mm256_loadu_si256((const __m256i *)(x + (s) * xs + c))
+    TILE_LOOP_512(NS, LW, LX, 16, __m256i, _mm256_setzero_si256(), madd16_256, sum_i32_256)
+#undef LW
+#undef LX
+}
+TARGET(AVX2) INLINE void tile_f16_256_n(const uint16_t *w, long cols, const float *x, long xs, const int NS,
+                                        float *out) {
+#define LW(r) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + (r) * cols + c)))
+#define LX(s) _mm256_loadu_ps(x + (s) * xs + c)
+    TILE_LOOP_512(NS, LW, LX, 8, __m256, _mm256_setzero_ps(), fma_256, sum_f32_256)
+#undef LW
+#undef LX
+}
+TARGET(AVX2) INLINE void tile_f32_256_n(const float *w, long cols, const float *x, long xs, const int NS,
+                                        float *out) {
+#define LW(r) _mm256_loadu_ps(w + (r) * cols + c)
+#define LX(s) _mm256_loadu_ps(x + (s) * xs + c)
+    TILE_LOOP_512(NS, LW, LX, 8, __m256, _mm256_setzero_ps(), fma_256, sum_f32_256)
+#undef LW
+#undef LX
+}
+#endif
+
+/* --- one layer's (or the output layer's) rows for a block of streams ---------------------------- */
+
+typedef struct {
+    const Engine *e;
+    int k;                 /* layer, or -1 for the output layer */
+    const void *w;         /* rows of this product */
+    long cols;
+    const void *x;         /* (B, xs) inputs: int16 for int8 weights, else fp32 */
+    long xs;
+    const float *x_scale;  /* int8: per stream */
+    const int64_t *tokens;
+    float *pre;            /* layers: (B, S, H); output layer: logits (B, V) */
+    int batch;
+} Product;
+
+/* the value of row `row` for stream b, given its raw dot product */
+INLINE void store(const Product *p, int b, int row, float dot) {
+    const Engine *e = p->e;
+    if (p->k < 0) {
+        if (row < e->vocab) p->pre[(long)b * e->vocab + row] = dot + e->head_b[row];
+        return;
+    }
+    int unit = row / e->slots, slot = row % e->slots;
+    long at = (long)slot * e->hidden + unit;
+    if (e->weights == WEIGHTS_INT8) dot *= e->row_scale[p->k][row] * p->x_scale[b];
+    float add = p->k == 0 ? e->table[p->tokens[b] * (long)e->rows + at] : e->bias[p->k][at];
+    p->pre[(long)b * e->rows + at] = dot + add;
+}
+
+/* Rows in blocks of ROW_BLOCK, each block's weights (16 KB of int8 at 1024 columns) kept in L1 while
+   every group of streams passes over them: many streams then read their inputs from L2 a quarter
+   as often as they would row tile by row tile. */
+#define ROW_BLOCK 16
+#define ROWS_BODY(TILE_I8, TILE_F16, TILE_F32, MAX_NS)                                                    \
+    float out[16];                                                                                          \
+    const Engine *e = p->e;                                                                                 \
+    for (int block = r0; block < r1; block += ROW_BLOCK)                                                    \
+        for (int b = 0; b < p->batch; b += MAX_NS)                                                          \
+            for (int row = block; row < r1 && row < block + ROW_BLOCK; row += 4) {                          \
+            int ns = p->batch - b < MAX_NS ? p->batch - b : MAX_NS;                                         \
+            if (p->k < 0)                                                                                   \
+                TILE_F32((const float *)p->w + (long)row * p->cols, p->cols, (const float *)p->x + b * p->xs, \
+                         p->xs, ns, out);                                                                   \
+            else if (e->weights == WEIGHTS_INT8)                                                            \
+                TILE_I8((const int8_t *)p->w + (long)row * p->cols, p->cols,                                \
+                        (const int16_t *)p->x + b * p->xs, p->xs, ns, out);                                 \
+            else                                                                                            \
+                TILE_F16((const uint16_t *)p->w + (long)row * p->cols, p->cols,                             \
+                         (const float *)p->x + b * p->xs, p->xs, ns, out);                                  \
+            for (int s = 0; s < ns; s++)                                                                    \
+                for (int r = 0; r < 4 && row + r < r1; r++) store(p, b + s, row + r, out[s * 4 + r]);       \
+        }
+
+static void rows_generic(const Product *p, int r0, int r1) {
+    ROWS_BODY(tile_i8_generic, tile_f16_generic, tile_f32_generic, 4)
+}
+static void gates_generic(int cell, int hidden, const float *pre, const float *h, const float *c, float *h2,
+                          float *c2, int u0, int u1) {
+    gates_body(cell, hidden, pre, h, c, h2, c2, u0, u1);
+}
+
+#if HAVE_X86
+#define DISPATCH_NS(NAME, MAX)                                                                               \
+    switch (ns) {                                                                                            \
+    case 1: NAME(w, cols, x, xs, 1, out); break;                                                             \
+    case 2: NAME(w, cols, x, xs, 2, out); break;                                                             \
+    case 3: if (MAX > 2) { NAME(w, cols, x, xs, 3, out); } break;                                            \
+    default: if (MAX > 2) { NAME(w, cols, x, xs, 4, out); } break;                                           \
+    }
+TARGET(AVX512) INLINE void tile_i8_512(const int8_t *w, long cols, const int16_t *x, long xs, int ns, float *out) {
+    DISPATCH_NS(tile_i8_512_n, 4)
+}
+TARGET(AVX512) INLINE void tile_f16_512(const uint16_t *w, long cols, const float *x, long xs, int ns, float *out) {
+    DISPATCH_NS(tile_f16_512_n, 4)
+}
+TARGET(AVX512) INLINE void tile_f32_512(const float *w, long cols, const float *x, long xs, int ns, float *out) {
+    DISPATCH_NS(tile_f32_512_n, 4)
+}
+TARGET(VNNI) INLINE void tile_i8_vnni(const int8_t *w, long cols, const int16_t *x, long xs, int ns, float *out) {
+    DISPATCH_NS(tile_i8_vnni_n, 4)
+}
+TARGET(AVX2) INLINE void tile_i8_256(const int8_t *w, long cols, const int16_t *x, long xs, int ns, float *out) {
+    DISPATCH_NS(tile_i8_256_n, 2)
+}
+TARGET(AVX2) INLINE void tile_f16_256(const uint16_t *w, long cols, const float *x, long xs, int ns, float *out) {
+    DISPATCH_NS(tile_f16_256_n, 2)
+}
+TARGET(AVX2) INLINE void tile_f32_256(const float *w, long cols, const float *x, long xs, int ns, float *out) {
+    DISPATCH_NS(tile_f32_256_n, 2)
+}
+TARGET(AVX512) static void rows_avx512(const Product *p, int r0, int r1) {
+    ROWS_BODY(tile_i8_512, tile_f16_512, tile_f32_512, 4)
+}
+TARGET(VNNI) static void rows_vnni(const Product *p, int r0, int r1) {
+    ROWS_BODY(tile_i8_vnni, tile_f16_512, tile_f32_512, 4)
+}
+TARGET(AVX2) static void rows_avx2(const Product *p, int r0, int r1) {
+    ROWS_BODY(tile_i8_256, tile_f16_256, tile_f32_256, 2)
+}
+TARGET(AVX512) static void gates_avx512(int cell, int hidden, const float *pre, const float *h, const float *c,
+                                        float *h2, float *c2, int u0, int u1) {
+    gates_body(cell, hidden, pre, h, c, h2, c2, u0, u1);
+}
+TARGET(AVX2) static void gates_avx2(int cell, int hidden, const float *pre, const float *h, const float *c,
+                                    float *h2, float *c2, int u0, int u1) {
+    gates_body(cell, hidden, pre, h, c, h2, c2, u0, u1);
+}
+#endif
+
+static void rows(const Engine *e, const Product *p, int r0, int r1) {
+#if HAVE_X86
+    if (e->isa == ISA_AVX512_VNNI) { rows_vnni(p, r0, r1); return; }
+    if (e->isa == ISA_AVX512) { rows_avx512(p, r0, r1); return; }
+    if (e->isa == ISA_AVX2) { rows_avx2(p, r0, r1); return; }
+#endif
+    rows_generic(p, r0, r1);
+}
+static void gates(const Engine *e, const float *pre, const float *h, const float *c, float *h2, float *c2, int u0,
+                  int u1) {
+#if HAVE_X86
+    if (e->isa >= ISA_AVX512) { gates_avx512(e->cell, e->hidden, pre, h, c, h2, c2, u0, u1); return; }
+    if (e->isa == ISA_AVX2) { gates_avx2(e->cell, e->hidden, pre, h, c, h2, c2, u0, u1); return; }
+#endif
+    gates_generic(e->cell, e->hidden, pre, h, c, h2, c2, u0, u1);
+}
+
+/* --- the step -------------------------------------------------------------------------------- */
+
+/* A thread's share [lo, hi) of n items, in blocks of `align` so its rows stay whole tiles. */
+static void share(int n, int align, int thread, int threads, int *lo, int *hi) {
+    int blocks = (n + align - 1) / align;
+    int per = blocks / threads, extra = blocks % threads;
+    int first = thread * per + (thread < extra ? thread : extra);
+    int count = per + (thread < extra ? 1 : 0);
+    *lo = first * align < n ? first * align : n;
+    *hi = (first + count) * align < n ? (first + count) * align : n;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* layer k's inputs for stream b: [h of the layer below, new ; h of this layer, previous], padded */
+static void layer_input(const Engine *e, int k, int b, int batch, const float *h_old, const float *h_new, void *x,
+                        float *scaled, float *x_scale) {
+    long hsz = e->hidden, cols = e->cols[k];
+    const float *below = k > 0 ? h_new + ((long)(k - 1) * batch + b) * hsz : NULL;
+    const float *own = h_old + ((long)k * batch + b) * hsz;
+    long own_at = k > 0 ? hsz : 0;
+    if (e->weights == WEIGHTS_FP16) {
+        float *xf = (float *)x + (long)b * cols;
+        memset(xf, 0, cols * sizeof(float));
+        if (below) memcpy(xf, below, hsz * sizeof(float));
+        memcpy(xf + own_at, own, hsz * sizeof(float));
+        return;
+    }
+    const float *cs = e->col_scale[k];
+    scaled += (long)b * cols;
+    for (long j = 0; j < hsz; j++) scaled[own_at + j] = own[j] * cs[own_at + j];
+    if (below)
+        for (long j = 0; j < hsz; j++) scaled[j] = below[j] * cs[j];
+    long used = below ? 2 * hsz : hsz;
+    float largest = 0.0f;
+    for (long j = 0; j < used; j++) largest = fmaxf(largest, fabsf(scaled[j]));
+    /* int16 inputs up to 32767, less for very wide layers, so no int32 lane of a kernel can overflow
+       (AVX2 sums cols/8 products of 127 * limit per lane) */
+    float limit = fminf(32767.0f, floorf(2.0e9f * 8.0f / (127.0f * (float)cols)));
+    float scale = largest > 0.0f ? largest / limit : 1.0f, inverse = 1.0f / scale;
+    int16_t *xq = (int16_t *)x + (long)b * cols;
+    memset(xq + used, 0, (cols - used) * sizeof(int16_t));
+    for (long j = 0; j < used; j++) { /* round to nearest: |value| <= 32767 < 2^22 */
+        float v = (scaled[j] * inverse + 12582912.0f) - 12582912.0f;
+        xq[j] = (int16_t)(int32_t)v;
+    }
+    x_scale[b] = scale;
+}
+
+typedef struct {
+    const int64_t *tokens;
+    const float *h_old, *c_old;
+    float *h_new, *c_new, *logits;
+    int batch, threads;
+} StepArgs;
+
+static int run_step(Engine *e, const StepArgs *a) {
+    int batch = a->batch, cols_max = e->head_cols;
+    for (int k = 0; k < e->layers; k++) cols_max = e->cols[k] > cols_max ? e->cols[k] : cols_max;
+    size_t item = e->weights == WEIGHTS_INT8 ? sizeof(int16_t) : sizeof(float);
+    void *x = malloc((size_t)batch * cols_max * item);
+    float *scaled = malloc((size_t)batch * cols_max * sizeof(float)); /* int8: what x is rounded from */
+    float *head_x = malloc((size_t)batch * e->head_cols * sizeof(float));
+    float *x_scale = malloc((size_t)batch * sizeof(float));
+    float *pre = malloc((size_t)batch * e->rows * sizeof(float));
+    if (!x || !scaled || !head_x || !x_scale || !pre) {
+        free(x), free(scaled), free(head_x), free(x_scale), free(pre);
+        return -1;
+    }
+    double spent[PROFILE_PARTS] = {0};
+    long hsz = e->hidden;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(a->threads)
+#endif
+    {
+#ifdef _OPENMP
+        int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+#else
+        int thread = 0, threads = 1;
+#endif
+        int u0, u1, b0, b1;
+        share(e->hidden, e->slots == 1 ? 4 : 1, thread, threads, &u0, &u1);
+        share(batch, 1, thread, threads, &b0, &b1);
+        double t0 = 0, t1 = 0;
+        for (int k = 0; k < e->layers; k++) {
+            if (thread == 0 && e->profiling) t0 = now();
+            for (int b = b0; b < b1; b++) layer_input(e, k, b, batch, a->h_old, a->h_new, x, scaled, x_scale);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            if (thread == 0 && e->profiling) t1 = now(), spent[0] += t1 - t0;
+            Product p = {e, k, e->w[k], e->cols[k], x, e->cols[k], x_scale, a->tokens, pre, batch};
+            rows(e, &p, u0 * e->slots, u1 * e->slots);
+            if (thread == 0 && e->profiling) t0 = now(), spent[1] += t0 - t1;
+            for (int b = 0; b < batch; b++) {
+                long at = ((long)k * batch + b) * hsz;
+                gates(e, pre + (long)b * e->rows, a->h_old + at, e->cell == CELL_LSTM ? a->c_old + at : NULL,
+                      a->h_new + at, e->cell == CELL_LSTM ? a->c_new + at : NULL, u0, u1);
+            }
+            if (thread == 0 && e->profiling) spent[2] += now() - t0;
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
+        if (thread == 0 && e->profiling) t0 = now();
+        for (int b = b0; b < b1; b++) {
+            float *hx = head_x + (long)b * e->head_cols;
+            memset(hx, 0, e->head_cols * sizeof(float));
+            memcpy(hx, a->h_new + ((long)(e->layers - 1) * batch + b) * hsz, hsz * sizeof(float));
+        }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        int v0, v1;
+        share(e->vocab, 4, thread, threads, &v0, &v1);
+        Product head = {e, -1, e->head_w, e->head_cols, head_x, e->head_cols, NULL, a->tokens, a->logits, batch};
+        rows(e, &head, v0, v1);
+        if (thread == 0 && e->profiling) spent[3] += now() - t0;
+    }
+    for (int i = 0; i < PROFILE_PARTS; i++) e->profile[i] += spent[i];
+    free(x), free(scaled), free(head_x), free(x_scale), free(pre);
+    return 0;
+}
+
+/* --- Python ----------------------------------------------------------------------------------- */
+
+static void engine_free(PyObject *capsule) {
+    Engine *e = PyCapsule_GetPointer(capsule, "rnnlab.fast_step.Engine");
+    if (!e) return;
+    for (int i = 0; i < e->nviews; i++) PyBuffer_Release(&e->views[i]);
+    free(e);
+}
+
+/* A read-only view of `obj`, kept by the engine, of exactly `bytes` bytes (contiguous). */
+static const void *keep_view(Engine *e, PyObject *obj, Py_ssize_t bytes, const char *what) {
+    Py_buffer *view = &e->views[e->nviews];
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    e->nviews++;
+    if (view->len != bytes) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, the engine's shapes need %zd", what, view->len, bytes);
+        return NULL;
+    }
+    return view->buf;
+}
+
+static int cpu_isa(void) {
+#if HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return __builtin_cpu_supports("avx512vnni") ? ISA_AVX512_VNNI : ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+#endif
+    return ISA_GENERIC;
+}
+
+static int isa_named(const char *name) {
+    for (int i = 0; i < ISAS; i++)
+        if (strcmp(name, ISA_NAMES[i]) == 0) return i;
+    return -1;
+}
+
+/* build(cell, weights, isa, hidden, vocab, table, head_w, head_b, layers) -> engine
+   layers: a tuple of (w, row_scale, col_scale, bias) per layer; row/col scales None for fp16 */
+static PyObject *build(PyObject *self, PyObject *args) {
+    int cell, weights, hidden, vocab;
+    const char *isa_name;
+    PyObject *table, *head_w, *head_b, *layers;
+    if (!PyArg_ParseTuple(args, "iisiiOOOO!", &cell, &weights, &isa_name, &hidden, &vocab, &table, &head_w,
+                          &head_b, &PyTuple_Type, &layers))
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(layers);
+    int isa = strcmp(isa_name, "auto") == 0 ? cpu_isa() : isa_named(isa_name);
+    if (isa < 0 || isa > cpu_isa()) return PyErr_Format(PyExc_ValueError, "this CPU cannot run the %s kernels", isa_name);
+    if (cell < CELL_LSTM || cell > CELL_RNN || (weights != WEIGHTS_INT8 && weights != WEIGHTS_FP16) || hidden < 1 ||
+        vocab < 1 || count < 1 || count > MAX_LAYERS)
+        return PyErr_Format(PyExc_ValueError, "unsupported engine shape");
+    Engine *e = calloc(1, sizeof(Engine));
+    if (!e) return PyErr_NoMemory();
+    PyObject *capsule = PyCapsule_New(e, "rnnlab.fast_step.Engine", engine_free);
+    if (!capsule) { free(e); return NULL; }
+    e->cell = cell, e->weights = weights, e->isa = isa, e->layers = (int)count, e->hidden = hidden, e->vocab = vocab;
+    e->slots = cell == CELL_RNN ? 1 : 4;
+    e->rows = e->slots * hidden;
+    e->head_cols = (hidden + COLUMN_BLOCK - 1) / COLUMN_BLOCK * COLUMN_BLOCK;
+    int rows_padded = (e->rows + 3) / 4 * 4, vocab_padded = (vocab + 3) / 4 * 4;
+    size_t item = weights == WEIGHTS_INT8 ? 1 : 2;
+    if (!(e->table = keep_view(e, table, (Py_ssize_t)vocab * e->rows * 4, "the input table")) ||
+        !(e->head_w = keep_view(e, head_w, (Py_ssize_t)vocab_padded * e->head_cols * 4, "the output weights")) ||
+        !(e->head_b = keep_view(e, head_b, (Py_ssize_t)vocab * 4, "the output bias"))) {
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    for (int k = 0; k < e->layers; k++) {
+        PyObject *layer = PyTuple_GET_ITEM(layers, k);
+        if (!PyTuple_Check(layer) || PyTuple_GET_SIZE(layer) != 4) {
+            Py_DECREF(capsule);
+            return PyErr_Format(PyExc_ValueError, "layer %d: expected (w, row_scale, col_scale, bias)", k);
+        }
+        int width = (k > 0 ? 2 : 1) * hidden;
+        e->cols[k] = (width + COLUMN_BLOCK - 1) / COLUMN_BLOCK * COLUMN_BLOCK;
+        if (!(e->w[k] = keep_view(e, PyTuple_GET_ITEM(layer, 0), (Py_ssize_t)rows_padded * e->cols[k] * item,
+                                  "a layer's weights")) ||
+            !(e->bias[k] = keep_view(e, PyTuple_GET_ITEM(layer, 3), (Py_ssize_t)e->rows * 4, "a layer's bias"))) {
+            Py_DECREF(capsule);
+            return NULL;
+        }
+        if (weights == WEIGHTS_INT8 &&
+            (!(e->row_scale[k] = keep_view(e, PyTuple_GET_ITEM(layer, 1), (Py_ssize_t)rows_padded * 4, "row scales")) ||
+             !(e->col_scale[k] = keep_view(e, PyTuple_GET_ITEM(layer, 2), (Py_ssize_t)e->cols[k] * 4, "column scales")))) {
+            Py_DECREF(capsule);
+            return NULL;
+        }
+    }
+    return capsule;
+}
+
+static Engine *engine_of(PyObject *capsule) {
+    return PyCapsule_GetPointer(capsule, "rnnlab.fast_step.Engine");
+}
+
+/* A writable (or read-only) view of exactly `bytes` bytes; released by the caller. */
+static int view_of(PyObject *obj, Py_buffer *view, Py_ssize_t bytes, int writable, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (view->len != bytes) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, expected %zd", what, view->len, bytes);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* step(engine, tokens int64 (B,), h_old, c_old|None, h_new, c_new|None, logits, threads) */
+static PyObject *step(PyObject *self, PyObject *args) {
+    PyObject *capsule, *tokens_obj, *h_old_obj, *c_old_obj, *h_new_obj, *c_new_obj, *logits_obj;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOOOOOOi", &capsule, &tokens_obj, &h_old_obj, &c_old_obj, &h_new_obj, &c_new_obj,
+                          &logits_obj, &threads))
+        return NULL;
+    Engine *e = engine_of(capsule);
+    if (!e) return NULL;
+    Py_buffer views[6];
+    int held = 0, lstm = e->cell == CELL_LSTM;
+    if (PyObject_GetBuffer(tokens_obj, &views[0], PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    held = 1;
+    Py_ssize_t batch = views[0].len / 8;
+    Py_ssize_t state = (Py_ssize_t)e->layers * batch * e->hidden * 4;
+    PyObject *rest[5] = {h_old_obj, lstm ? c_old_obj : NULL, h_new_obj, lstm ? c_new_obj : NULL, logits_obj};
+    Py_ssize_t sizes[5] = {state, state, state, state, batch * (Py_ssize_t)e->vocab * 4};
+    static const char *names[5] = {"h", "c", "the new h", "the new c", "the logits"};
+    const void *ptr[5] = {NULL};
+    PyObject *result = NULL;
+    if (batch < 1 || views[0].len % 8) {
+        PyErr_SetString(PyExc_ValueError, "tokens must be a non-empty int64 array");
+        goto done;
+    }
+    for (int i = 0; i < 5; i++) {
+        if (!rest[i]) continue;
+        if (view_of(rest[i], &views[held], sizes[i], i >= 2, names[i]) < 0) goto done;
+        ptr[i] = views[held++].buf;
+    }
+    const int64_t *tokens = views[0].buf;
+    for (Py_ssize_t b = 0; b < batch; b++)
+        if (tokens[b] < 0 || tokens[b] >= e->vocab) {
+            PyErr_Format(PyExc_ValueError, "token %lld is outside the vocabulary of %d", (long long)tokens[b], e->vocab);
+            goto done;
+        }
+    StepArgs a = {tokens, ptr[0], ptr[1], (float *)ptr[2], (float *)ptr[3], (float *)ptr[4], (int)batch,
+                  threads < 1 ? 1 : threads};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = run_step(e, &a);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < held; i++) PyBuffer_Release(&views[i]);
+    return result;
+}
+
+static PyObject *profile(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    int enable;
+    if (!PyArg_ParseTuple(args, "Op", &capsule, &enable)) return NULL;
+    Engine *e = engine_of(capsule);
+    if (!e) return NULL;
+    PyObject *spent = Py_BuildValue("(dddd)", e->profile[0], e->profile[1], e->profile[2], e->profile[3]);
+    memset(e->profile, 0, sizeof(e->profile));
+    e->profiling = enable;
+    return spent;
+}
+
+static PyObject *isa_of(PyObject *self, PyObject *args) {
+    PyObject *capsule = NULL;
+    if (!PyArg_ParseTuple(args, "|O", &capsule)) return NULL;
+    if (!capsule || capsule == Py_None) return PyUnicode_FromString(ISA_NAMES[cpu_isa()]);
+    Engine *e = engine_of(capsule);
+    return e ? PyUnicode_FromString(ISA_NAMES[e->isa]) : NULL;
+}
+
+static PyObject *openmp(PyObject *self, PyObject *noargs) {
+#ifdef _OPENMP
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"build", build, METH_VARARGS, "An engine over laid-out weights (see fast_engine.py)."},
+    {"step", step, METH_VARARGS, "One step of every stream: new state and logits written in place."},
+    {"profile", profile, METH_VARARGS, "Seconds spent so far per part (and reset); enable/disable timing."},
+    {"isa", isa_of, METH_VARARGS, "The kernels an engine (or, with none, this CPU) runs: avx512, avx2 or generic."},
+    {"openmp", openmp, METH_NOARGS, "Whether the engine was built with OpenMP (several threads per step)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fast_step", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__fast_step(void) { return PyModule_Create(&module); }

@@ -1,0 +1,214 @@
+"""The compiled step engine: a RecurrentLM's whole step (every layer, then the output layer) in one C
+call (`_fast_step.c`), with int8 or fp16 weights small enough to stay in the cores' caches.
+
+Why: per character, the NumPy engine (cpu_engine.py) crosses into NumPy and torch a dozen times and
+each crossing costs more than its arithmetic; its fp32 weights (12.6 MB for a 2x512 LSTM) stream
+from L3 at every step. Here one call does the step on all of torch's threads, and the weights are
+a quarter (int8) or half (fp16) of that.
+
+This module only lays the model's weights out the way the kernels read them:
+  * one matrix per layer, S "slots" per hidden unit, rows unit-major (row = unit * S + slot), so a
+    thread that owns a block of units computes their gates and their new state with no barrier;
+    columns [x ; h_previous], padded with zeros to a multiple of 32;
+    LSTM: S = 4 (i, f, g, o); GRU: S = 4 (r, z, then n's input term and its recurrent term apart,
+    because the reset gate multiplies only the second); tanh-RNN: S = 1;
+  * the first layer's input term (its W_ih times the token's embedding or one-hot, with biases)
+    as a (V, S, H) table, slot-major, so the first layer's matrix holds only W_hh;
+  * int8: W ~= diag(row) Q diag(col) with col_j = sqrt(max_i |W_ij|): the column scale evens the
+    columns before each row is rounded (it halves the error of per-row rounding on trained
+    LSTMs), and is folded into the input vector, which the kernel rounds to int16 per stream;
+  * fp16: the weights rounded to half precision (10-bit mantissa); the output layer stays fp32.
+Its state is the model's own ((h, c) or (h,), each (L, B, H), as NumPy arrays), so `prime` reads
+prompts with the model's fused forward and beam search reorders the state along dim 1.
+
+The engine re-expresses the model's step: tests/test_fast_engine.py checks its distributions
+against `RecurrentLM.step` for every cell type, kernel set (AVX-512, AVX2, portable C) and weight
+type. Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots, L = layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rnnlab.models.lm import RecurrentLM
+
+try:
+    from rnnlab.models import _fast_step
+except ImportError:  # not built (no C compiler at install): the NumPy engine is used instead
+    _fast_step = None
+
+CELLS = {"lstm": 0, "gru": 1, "rnn": 2}
+WEIGHTS = {"int8": 0, "fp16": 1}
+COLUMN_BLOCK = 32
+F32 = np.float32
+
+
+def available() -> bool:
+    """Whether the compiled step was built with this install."""
+    return _fast_step is not None
+
+
+def cpu_kernels() -> str:
+    """The kernels this CPU runs: avx512, avx2 or generic (portable C)."""
+    return _fast_step.isa() if _fast_step is not None else "none"
+
+
+def supports(model: RecurrentLM) -> bool:
+    """Whether the compiled step re-expresses this model: LSTM, GRU or tanh-RNN layers with a plain
+    output layer (no dense layer before it, no projection, no adaptive softmax)."""
+    return (_fast_step is not None and model.layers.cell in CELLS and model.dense is None
+            and model.head is not None and model.projection is None
+            and model.layers.num_layers <= 16)
+
+
+class FastStepEngine:
+    """The compiled engine. Same interface as the model for sampling: vocab_size, init_state, prime,
+    step; it takes and returns NumPy arrays (`takes_numpy`)."""
+
+    takes_numpy = True
+    uses_blas_threads = False  # its threads are torch's own OpenMP threads
+
+    def __init__(self, model: RecurrentLM, weights: str = "int8", kernels: str = "auto"):
+        if _fast_step is None:
+            raise RuntimeError("the compiled step is not built in this install")
+        if weights not in WEIGHTS:
+            raise ValueError(f"the compiled engine's weights must be int8 or fp16, got {weights!r}")
+        if not supports(model):
+            raise ValueError("the compiled engine runs LSTM, GRU and RNN models with a plain output layer")
+        stack = model.layers
+        self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
+        self.vocab_size, self.weights = model.vocab_size, weights
+        self._model = model
+        with torch.no_grad():
+            layers = [[_numpy(t) for t in stack.layer_weights(k)] for k in range(self.num_layers)]
+            table = _slot_major(self._first_layer_input(model, layers[0]), self.cell, self.hidden)
+            if self.cell == "gru":  # the first layer's n recurrent slot: b_hn, added by the table
+                table[:, 3 * self.hidden:] = layers[0][3][2 * self.hidden:]
+            self._arrays = [table]  # kept: the C engine reads these buffers in place
+            built = []
+            for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+                matrix = _layer_matrix(self.cell, w_ih if k > 0 else None, w_hh)
+                bias = _slot_major(_layer_bias(self.cell, b_ih, b_hh)[None], self.cell, self.hidden)[0]
+                built.append(self._packed(matrix) + (bias,))
+            head_w = _padded(_numpy(model.head.weight), _ceil(self.vocab_size, 4), _ceil(self.hidden, COLUMN_BLOCK))
+            head_b = np.ascontiguousarray(_numpy(model.head.bias))
+        self._arrays += [head_w, head_b, built]
+        self._engine = _fast_step.build(CELLS[self.cell], WEIGHTS[weights], kernels, self.hidden, self.vocab_size,
+                                        table, head_w, head_b, tuple(built))
+        self.kernels = _fast_step.isa(self._engine)
+
+    def _first_layer_input(self, model: RecurrentLM, first) -> np.ndarray:
+        """(V, G*H): the first layer's W_ih times every token's input vector, with the input-side biases
+        (for GRU, b_hh's r and z parts too; its n part stays in the recurrent term)."""
+        w_ih, _, b_ih, b_hh = first
+        inputs = model.embedding.weight if model.embedding is not None else torch.eye(model.vocab_size)
+        table = _numpy(inputs) @ w_ih.T + b_ih
+        if self.cell == "gru":
+            table[:, :2 * self.hidden] += b_hh[:2 * self.hidden]
+        else:
+            table += b_hh
+        return table
+
+    def _packed(self, matrix: np.ndarray) -> tuple:
+        """(weights, row scales, column scales) of one layer's matrix, in the kernel's format."""
+        rows, cols = _ceil(matrix.shape[0], 4), _ceil(matrix.shape[1], COLUMN_BLOCK)
+        matrix = _padded(matrix, rows, cols)
+        if self.weights == "fp16":
+            return np.ascontiguousarray(matrix.astype(np.float16)), None, None
+        quantized, row_scale, col_scale = int8_rows_and_columns(matrix)
+        return quantized, row_scale, col_scale
+
+    # --- the stepper interface --------------------------------------------------------------------
+
+    def init_state(self, batch_size: int, device=None):
+        shape = (self.num_layers, batch_size, self.hidden)
+        return tuple(np.zeros(shape, F32) for _ in range(2 if self.cell == "lstm" else 1))
+
+    def prime(self, tokens, state=None):
+        """Read a prompt (B, T) with the model's fused forward; last logits and the state."""
+        model_state = tuple(torch.from_numpy(np.ascontiguousarray(s)) for s in state) if state is not None else None
+        with torch.inference_mode():
+            logits, _, model_state = self._model(torch.as_tensor(np.asarray(tokens, np.int64)), model_state)
+        return logits[:, -1].float().numpy(), tuple(s.float().numpy().copy() for s in model_state)
+
+    def step(self, tokens, state):
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        h = np.ascontiguousarray(state[0], dtype=F32)
+        c = np.ascontiguousarray(state[1], dtype=F32) if self.cell == "lstm" else None
+        h_new = np.empty_like(h)
+        c_new = np.empty_like(c) if c is not None else None
+        logits = np.empty((len(tokens), self.vocab_size), F32)
+        _fast_step.step(self._engine, tokens, h, c, h_new, c_new, logits, torch.get_num_threads())
+        return logits, ((h_new, c_new) if c is not None else (h_new,))
+
+    def profile(self, enable: bool = True) -> dict[str, float]:
+        """Seconds spent (on the first thread) per part since the last call; times the next steps if
+        `enable`. Parts: rounding the inputs, matrix products, gate math, output layer."""
+        spent = _fast_step.profile(self._engine, enable)
+        return dict(zip(("inputs", "products", "gate math", "output layer"), spent, strict=True))
+
+
+def int8_rows_and_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q (int8), row (R,) and col (C,) with matrix[i, j] ~= row[i] * Q[i, j] * col[j]. col_j =
+    sqrt(max_i |matrix_ij|) evens the columns' ranges before each row is rounded to 127 levels; the
+    kernel multiplies the input by col (0 on all-zero columns, the padding) before rounding it."""
+    column_max = np.abs(matrix).max(axis=0)
+    col = np.sqrt(column_max).astype(F32)
+    evened = matrix / np.where(col > 0, col, 1.0)[None, :]
+    row_max = np.abs(evened).max(axis=1)
+    row = np.where(row_max > 0, row_max / 127.0, 1.0).astype(F32)
+    quantized = np.clip(np.rint(evened / row[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(quantized), row, col
+
+
+def _layer_matrix(cell: str, w_ih: np.ndarray | None, w_hh: np.ndarray) -> np.ndarray:
+    """(S*H, [I +] H): slot rows [W_ih | W_hh] unit-major; without w_ih (the first layer) only W_hh.
+    GRU's slots: r, z, n's input term (W_in | 0), n's recurrent term (0 | W_hn)."""
+    hidden = w_hh.shape[1]
+    gates = w_hh.shape[0] // hidden
+    inputs = w_ih.shape[1] if w_ih is not None else 0
+
+    def joined(g: int, with_input: bool = True, with_recurrent: bool = True) -> np.ndarray:
+        block = np.zeros((hidden, inputs + hidden), F32)
+        if with_input and w_ih is not None:
+            block[:, :inputs] = w_ih[g * hidden:(g + 1) * hidden]
+        if with_recurrent:
+            block[:, inputs:] = w_hh[g * hidden:(g + 1) * hidden]
+        return block
+
+    if cell == "gru":
+        slots = [joined(0), joined(1), joined(2, with_recurrent=False), joined(2, with_input=False)]
+    else:
+        slots = [joined(g) for g in range(gates)]
+    return np.stack(slots, axis=1).reshape(len(slots) * hidden, inputs + hidden)  # row = unit * S + slot
+
+
+def _layer_bias(cell: str, b_ih: np.ndarray, b_hh: np.ndarray) -> np.ndarray:
+    """(G'*H,) in gate-major order: the sum of both biases; GRU: r, z summed, b_in, then b_hn."""
+    if cell != "gru":
+        return b_ih + b_hh
+    hidden = len(b_ih) // 3
+    return np.concatenate([b_ih[:2 * hidden] + b_hh[:2 * hidden], b_ih[2 * hidden:], b_hh[2 * hidden:]])
+
+
+def _slot_major(gate_major: np.ndarray, cell: str, hidden: int) -> np.ndarray:
+    """(N, S*H) slot-major rows from gate-major ones: GRU's three gates gain n's recurrent slot, zero
+    here (its bias b_hn: _layer_bias for the layers above, set in the table for the first)."""
+    if cell == "gru" and gate_major.shape[1] == 3 * hidden:
+        gate_major = np.concatenate([gate_major, np.zeros((len(gate_major), hidden), F32)], axis=1)
+    return np.ascontiguousarray(gate_major, dtype=F32)
+
+
+def _padded(matrix: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    out = np.zeros((rows, cols), F32)
+    out[:matrix.shape[0], :matrix.shape[1]] = matrix
+    return out
+
+
+def _ceil(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
