@@ -1,18 +1,22 @@
 """(b) Sampling throughput of a 2x512 LSTM (embedding 128, V = 65), through rnnlab's one sampler.
 
 Prints characters/s, each the median of `--repeats` runs with its range (runs interleaved):
-  * single stream, progressive, with the engine `rnnlab sample` uses on CPU (CpuStepEngine), with
-    its default int8 weights and with exact fp32 weights (--engine-weights fp32);
+  * single stream, progressive, with each CPU engine: the compiled step (fast_engine: int8 and fp16
+    weights), the NumPy engine (cpu_engine: fbgemm int8 and exact fp32), and the one `rnnlab sample`
+    picks by default (the fastest whose probe on this checkpoint is within 1e-2);
   * single stream, progressive, through the model's own torch step (--no-fast), for reference;
   * 64 streams generated as one batch (--num-samples 64), counting every stream's characters;
   * single stream, windowed: every character re-reads the last 100 characters (Algorithm 4).
 and the largest difference between each engine's and the fp32 model's next-character
-distributions over 500 steps (stated tolerances: 1e-4 for fp32, 1e-2 for int8). With
---checkpoint, the model is that trained checkpoint (random weights give flat distributions, on
-which any error looks small); it must be a 2x512 LSTM for the figures to compare.
+distributions over 500 steps (tolerance 1e-2; fp32 1e-4). With --checkpoint, the model is that
+trained checkpoint (random weights give flat distributions, on which any error looks small); it
+must be a 2x512 LSTM for the figures to compare.
 Then each engine's speed as a ratio to the torch step measured in the same run, and where a
-character's time goes (matrix products, gate math, output layer, sampling, the rest).
-Targets: >= 8,000 chars/s single-stream and >= 4x the torch step, progressive >= 10x windowed.
+character's time goes: for the compiled step its own timers (rounding the inputs, matrix products,
+gate math, output layer), the sampler's draw timed alone, and the rest (Python) as what the total
+leaves; for the NumPy engine each part timed alone.
+Targets: >= 8,000 chars/s single-stream and >= 4x the torch step; 64 streams >= 60,000 chars/s;
+progressive >= 10x windowed.
 
     python benchmarks/sample_throughput.py [--repeats 5] [--length 4000] [--checkpoint DIR]
 """
@@ -27,7 +31,7 @@ from common import Timer, machine, summary
 
 from rnnlab.config import ModelConfig, SampleConfig
 from rnnlab.models.lm import RecurrentLM
-from rnnlab.sampling import generate, largest_probability_gap, make_stepper
+from rnnlab.sampling import generate, largest_probability_gap, make_stepper, stepper_name
 
 
 def chars_per_second(stepper, config: SampleConfig, repeats: int) -> list[float]:
@@ -96,6 +100,34 @@ def where_the_time_goes(engine, total_us: float, steps: int = 2000) -> list[tupl
     return parts + [("the rest: Python, NumPy calls, state", max(total_us - sum(v for _, v in parts), 0.0))]
 
 
+def compiled_split(engine, rate: float, length: int, streams: int = 1) -> list[tuple[str, float]]:
+    """Microseconds per step of the compiled engine, from its own timers over one generation."""
+    from rnnlab.sampling import TokenSampler
+
+    engine.profile(True)
+    sum(1 for _ in generate(engine, [0, 1, 2], SampleConfig(length=length, num_samples=streams)))
+    spent = engine.profile(False)
+    parts = [(f"compiled: {name}", seconds / length * 1e6) for name, seconds in spent.items()]
+    import time
+
+    import numpy as np
+    sampler = TokenSampler(SampleConfig(), streams, seed=0)
+    logits = np.random.default_rng(0).normal(size=(streams, engine.vocab_size)).astype(np.float32)
+    sampler(logits)
+    started = time.perf_counter()
+    for _ in range(2000):
+        sampler(logits)
+    parts.append(("sampling the token (NumPy)", (time.perf_counter() - started) / 2000 * 1e6))
+    total = 1e6 * streams / rate
+    return parts + [("the rest: Python (generate, step wrapper)", max(total - sum(v for _, v in parts), 0.0))]
+
+
+def print_split(parts, rate: float, streams: int = 1) -> None:
+    per_step = 1e6 * streams / rate
+    for part, micros in parts:
+        print(f"  {part:<48} {micros:8.1f} us  ({100 * micros / per_step:4.1f}%)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -108,41 +140,54 @@ def main():
         model = load_checkpoint(args.checkpoint).build_model("cpu").eval()
     else:
         model = RecurrentLM(ModelConfig(cell="lstm", num_layers=2, hidden_size=512, embedding_size=128), 65).eval()
-    int8 = make_stepper(model, SampleConfig(engine_weights="int8"))
-    fp32 = make_stepper(model, SampleConfig(engine_weights="fp32"))
-    chosen = make_stepper(model, SampleConfig())  # the default: int8 only where its probe is within 1e-2
-    gap = getattr(chosen, "probe_gap", None)
+    from rnnlab.models import fast_engine
+    from rnnlab.models.cpu_engine import step_engine
+
+    engines = {}
+    if fast_engine.supports(model):
+        engines["compiled int8"] = fast_engine.FastStepEngine(model, "int8")
+        engines["compiled fp16"] = fast_engine.FastStepEngine(model, "fp16")
+    engines["numpy int8"] = step_engine(model, "int8")
+    engines["numpy fp32"] = step_engine(model, "fp32")
+    chosen = make_stepper(model, SampleConfig())  # the default: the fastest within 1e-2 on this checkpoint
+    gaps = ", ".join(f"{w} {g:.2e}" for w, g in getattr(chosen, "probe_gaps", {}).items())
     print(f"machine: {machine()}")
+    print(f"compiled step: {'kernels ' + fast_engine.cpu_kernels() if fast_engine.available() else 'not built'}; "
+          f"torch threads: {torch.get_num_threads()}")
     print(f"model: {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()}, "
           f"{model.num_parameters():,} parameters, {'trained' if args.checkpoint else 'random'} weights; "
-          f"int8 engine: {int8.weights}; the default (auto) engine chose {chosen.weights}"
-          f"{f' (its probe measured an int8 gap of {gap:.2e})' if gap is not None else ''}; chars/s as median (range, n)")
-    single = interleaved({"int8": int8, "fp32": fp32}, SampleConfig(length=args.length), args.repeats)
-    print(f"  single stream, engine int8:           {summary(single['int8'])}")
-    print(f"  single stream, engine fp32:           {summary(single['fp32'])}")
+          f"the default (auto) engine chose {stepper_name(chosen)} (probe gaps: {gaps or 'none'}); "
+          f"chars/s as median (range, n)")
+    single = interleaved(engines, SampleConfig(length=args.length), args.repeats)
+    for name in engines:
+        print(f"  single stream, {name + ':':<24} {summary(single[name])}")
     torch_step = chars_per_second(model, SampleConfig(length=max(args.length // 8, 200)), args.repeats)
-    print(f"  single stream, torch model step:      {summary(torch_step)}")
-    batched = interleaved({"int8": int8, "fp32": fp32}, SampleConfig(length=args.length // 4, num_samples=64),
-                          args.repeats)
-    print(f"  64 streams as one batch, int8:        {summary(batched['int8'])}")
-    print(f"  64 streams as one batch, fp32:        {summary(batched['fp32'])}")
-    windowed = chars_per_second(int8, SampleConfig(length=max(args.length // 16, 100), sampling="windowed",
-                                                   window=100), args.repeats)
-    print(f"  single stream, windowed (100):        {summary(windowed)}")
-    print(f"progressive / windowed: {statistics.median(single['int8']) / statistics.median(windowed):.1f}x")
-    for name, engine in (("int8", int8), ("fp32", fp32)):
+    print(f"  single stream, {'torch model step:':<24} {summary(torch_step)}")
+    batched = interleaved(engines, SampleConfig(length=args.length // 4, num_samples=64), args.repeats)
+    for name in engines:
+        print(f"  64 streams, {name + ':':<27} {summary(batched[name])}")
+    default_name = next((n for n, e in engines.items() if stepper_name(e) == stepper_name(chosen)), "numpy fp32")
+    windowed = chars_per_second(engines[default_name], SampleConfig(length=max(args.length // 16, 100),
+                                                                    sampling="windowed", window=100), args.repeats)
+    print(f"  single stream, windowed (100), {default_name}: {summary(windowed)}")
+    print(f"progressive / windowed ({default_name}): "
+          f"{statistics.median(single[default_name]) / statistics.median(windowed):.1f}x")
+    for name, engine in engines.items():
         print(f"engine {name} vs fp32 model, largest next-character probability gap over 500 steps: "
               f"{largest_probability_gap(model, engine, [0, 1, 2], steps=500):.2e}")
     torch_rate = statistics.median(torch_step)
-    for name, engine in (("int8", int8), ("fp32", fp32)):
+    print(f"the default engine ({default_name}): {statistics.median(single[default_name]) / torch_rate:.2f}x the "
+          f"torch step single stream, {statistics.median(batched[default_name]):,.0f} chars/s for 64 streams")
+    for name, engine in engines.items():
         rate = statistics.median(single[name])
-        print(f"engine {name}: {rate / torch_rate:.2f}x the torch step; where a character's "
-              f"{1e6 / rate:.0f} us go (each part timed alone):")
-        if model.config.cell != "lstm":
-            print("  (the split is measured for LSTM engines)")
-            continue
-        for part, micros in where_the_time_goes(engine, 1e6 / rate):
-            print(f"  {part:<48} {micros:8.1f} us  ({100 * micros * rate / 1e6:4.1f}%)")
+        print(f"engine {name}: {rate / torch_rate:.2f}x the torch step; where a character's {1e6 / rate:.0f} us go:")
+        if name.startswith("compiled"):
+            print_split(compiled_split(engine, rate, max(args.length // 2, 500)), rate)
+            batch_rate = statistics.median(batched[name])
+            print(f"  ... and a step of 64 streams ({64e6 / batch_rate:.0f} us):")
+            print_split(compiled_split(engine, batch_rate, max(args.length // 16, 100), 64), batch_rate, 64)
+        elif model.config.cell == "lstm":
+            print_split(where_the_time_goes(engine, 1e6 / rate), rate)
 
 
 if __name__ == "__main__":

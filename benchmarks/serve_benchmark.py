@@ -7,6 +7,9 @@
    sends `--requests` requests in a row), against a server holding one such model.
 3. Throughput (characters/s over all clients) at 32 concurrent clients with micro-batching and with
    `--max-batch 1` (one completion at a time), measured in the same run.
+4. Single-stream completion speed (one client) with the default engine (the fastest within 1e-2 of
+   the fp32 model: the compiled step) against `--engine-weights fp32` (the NumPy fp32 engine the
+   server used before the compiled step), in the same run, as a ratio.
 Everything runs on loopback; every loop is bounded in count and time.
 
     python benchmarks/serve_benchmark.py [--requests 4]
@@ -122,6 +125,20 @@ def main():
             finally:
                 proc.terminate()
                 proc.wait(30)
+        single = {}
+        for label, extra in (("default engine", ()), ("--engine-weights fp32", ("--engine-weights", "fp32"))):
+            proc, url = start_server(paths[:1], *extra)
+            try:
+                model = httpx.get(url + "v1/models").json()["models"][0]["name"]
+                rates = [asyncio.run(load(url, model, 1, args.requests))[1] for _ in range(3)]
+                single[label] = statistics.median(rates)
+                print(f"single stream, {label}: {single[label]:,.0f} characters/s "
+                      f"(median of 3 x {args.requests} requests; {min(rates):,.0f}-{max(rates):,.0f})")
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        print(f"single stream: the default engine is {single['default engine'] / single['--engine-weights fp32']:.2f}x "
+              f"the fp32 engine")
         for label, extra in (("micro-batching", ()), ("one at a time (--max-batch 1)", ("--max-batch", "1"))):
             proc, url = start_server(paths[:1], *extra)
             try:

@@ -87,7 +87,7 @@ def test_sampling_uses_the_int8_engine_by_default_and_fp32_on_request():
     from rnnlab.sampling import make_stepper
 
     model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=16, embedding_size=4), 11).eval()
-    assert make_stepper(model, SampleConfig()).weights in ("int8", "fp32")
+    assert make_stepper(model, SampleConfig()).weights in ("int8", "fp16", "fp32")
     assert make_stepper(model, SampleConfig(engine_weights="fp32")).weights == "fp32"
 
 
@@ -103,21 +103,30 @@ def trained_twice(tmp_path, seed: int, hidden: int):
     return load_checkpoint(tmp_path / f"ck{seed}").build_model("cpu").eval()
 
 
-def test_the_default_engine_is_checked_on_each_checkpoint_and_stays_within_the_tolerance(tmp_path):
-    """Two differently trained checkpoints: the engine the default picks is within the tolerance of the
+@pytest.fixture
+def numpy_engines_only(monkeypatch):
+    """As on an install where the compiled step could not be built (tests/test_fast_engine.py has its own)."""
+    from rnnlab.models import fast_engine
+
+    monkeypatch.setattr(fast_engine, "_fast_step", None)
+
+
+def test_the_default_engine_is_checked_on_each_checkpoint_and_stays_within_the_tolerance(tmp_path,
+                                                                                          numpy_engines_only):
+    """Two differently trained checkpoints: the NumPy engine the default picks is within the tolerance of the
     fp32 model on each (int8 where int8 passes its probe, fp32 otherwise)."""
     from rnnlab.sampling import ENGINE_TOLERANCE, make_stepper
 
     for seed, hidden in ((1, 32), (2, 48)):
         model = trained_twice(tmp_path, seed, hidden)
         engine = make_stepper(model, SampleConfig())
-        if not hasattr(engine, "probe_gap"):
+        if not engine.probe_gaps:
             pytest.skip("this torch build has no quantized CPU kernels")
         assert largest_probability_gap(model, engine, [0, 1, 2], steps=300, seed=seed) < ENGINE_TOLERANCE
-        assert (engine.weights == "int8") == (engine.probe_gap <= ENGINE_TOLERANCE)
+        assert (engine.weights == "int8") == (engine.probe_gaps["int8"] <= ENGINE_TOLERANCE)
 
 
-def test_a_checkpoint_where_int8_strays_falls_back_to_the_exact_engine(caplog):
+def test_a_checkpoint_where_int8_strays_falls_back_to_the_exact_engine(caplog, numpy_engines_only):
     """A crafted checkpoint: hidden unit 0 is held near 1 (its gates saturated by their biases) and every
     recurrent row gives it a huge weight, taken back by that row's bias. The fp32 model barely sees it,
     but int8's per-row scale grows with it and rounds every other recurrent weight to nothing: the
@@ -145,7 +154,7 @@ def test_a_checkpoint_where_int8_strays_falls_back_to_the_exact_engine(caplog):
     assert largest_probability_gap(model, insisted, [0], steps=200) > ENGINE_TOLERANCE  # the crafted case
     caplog.set_level(logging.WARNING, logger="rnnlab")
     engine = make_stepper(model, SampleConfig())
-    assert engine.weights == "fp32" and engine.probe_gap > ENGINE_TOLERANCE
+    assert engine.weights == "fp32" and engine.probe_gaps["int8"] > ENGINE_TOLERANCE
     assert "sampling with exact fp32 weights" in caplog.text
     assert largest_probability_gap(model, engine, [0], steps=200) < 1e-4
 

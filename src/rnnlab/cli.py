@@ -526,7 +526,7 @@ def cmd_serve(args) -> int:
     targets = [_name_and_path(item) for item in args.checkpoints] or [("tinyshakespeare", _default_model())]
     models, seen = [], set()
     for name, path in targets:
-        loaded = LoadedModel.load(name or "model", path)
+        loaded = LoadedModel.load(name or "model", path, config.engine_weights)
         if not name:
             loaded.name = loaded.info["name"] = _unique(_model_name(loaded), seen)
         elif name in seen:
@@ -534,7 +534,8 @@ def cmd_serve(args) -> int:
         seen.add(loaded.name)
         models.append(loaded)
     for m in models:
-        log.info("serving %s: %s, %s parameters", m.name, m.path, f"{m.info['parameters']:,}")
+        log.info("serving %s: %s, %s parameters, %s engine", m.name, m.path, f"{m.info['parameters']:,}",
+                 m.info["engine"])
     log.info("open http://%s:%d/%s", config.host, config.port, " (API docs at /docs)" if config.docs else "")
     uvicorn.Server(server_config(create_app(models, config), config)).run()
     return 0

@@ -305,17 +305,43 @@ def torch_threads_for(stepper):
 
 
 def make_stepper(model, config: SampleConfig, share_weights: bool = False):
-    """The fastest stepper for where the model lives: the CPU engine (int8 or exact fp32 weights, as
-    `config.engine_weights` says; with `share_weights`, in the model's own memory) on CPU, else the
-    model itself."""
+    """The fastest stepper for where the model lives: on CPU an engine (`config.engine_weights`: the most
+    accurate fast one by default, see `accurate_engine`; with `share_weights`, an fp32 engine works in the
+    model's own memory), else the model itself."""
     device = next(model.parameters()).device
-    plain_output = model.head is not None and model.projection is None  # what the engine re-expresses
+    plain_output = model.head is not None and model.projection is None  # what the engines re-express
     if config.fast and device.type == "cpu" and plain_output:
-        from rnnlab.models.cpu_engine import step_engine
         if config.engine_weights == "auto":
             return accurate_engine(model, share_weights)
-        return step_engine(model, config.engine_weights, share_weights)
+        return cpu_engine(model, config.engine_weights, share_weights)
     return model
+
+
+def cpu_engine(model, weights: str, share_weights: bool = False):
+    """The CPU engine with these weights: the compiled step (fast_engine) for int8 and fp16 where it runs
+    this model, else the NumPy engine (int8 through fbgemm; fp16 becomes exact fp32, said once)."""
+    from rnnlab.models import fast_engine
+    from rnnlab.models.cpu_engine import step_engine
+
+    if weights in fast_engine.WEIGHTS and fast_engine.supports(model):
+        try:
+            return fast_engine.FastStepEngine(model, weights)
+        except ValueError as error:  # (fp16: weights beyond its range)
+            log.warning("warning: the compiled %s engine cannot hold this model (%s)", weights, error)
+    if weights == "fp16":
+        log.warning("warning: fp16 weights need the compiled step (%s): sampling with exact fp32 weights",
+                    fast_engine.why_not(model))
+        weights = "fp32"
+    return step_engine(model, weights, share_weights)
+
+
+def stepper_name(stepper) -> str:
+    """What steps: "compiled int8 (avx512vnni kernels)", "numpy fp32", "torch step", ..."""
+    if hasattr(stepper, "kernels"):
+        return f"compiled {stepper.weights} ({stepper.kernels} kernels)"
+    if hasattr(stepper, "weights"):
+        return f"numpy {stepper.weights}"
+    return "torch step" if hasattr(stepper, "parameters") else type(stepper).__name__
 
 
 ENGINE_TOLERANCE = 1e-2  # the most an engine's next-token probabilities may differ from the fp32 model's
@@ -323,20 +349,32 @@ PROBE_STEPS = 200
 
 
 def accurate_engine(model, share_weights: bool = False, tolerance: float = ENGINE_TOLERANCE):
-    """The int8 engine if, on this model, it stays within `tolerance` of the model's own fp32 step along a
-    short deterministic probe (PROBE_STEPS tokens drawn from the model, from its line start); else the
-    exact fp32 engine, saying so once. The gap measured is kept as `probe_gap`."""
+    """The fastest engine that stays within `tolerance` of the model's own fp32 step on this model, along a
+    short deterministic probe (PROBE_STEPS tokens drawn from the model, from its line start): the compiled
+    int8 engine, else the compiled fp16 one (where the compiled step does not run the model: fbgemm's
+    int8), else the exact fp32 engine. A fallback is said once. The gaps measured are kept as
+    `probe_gaps` ({weights: gap}) and the chosen engine's as `probe_gap` (absent for fp32)."""
+    from rnnlab.models import fast_engine
     from rnnlab.models.cpu_engine import step_engine
 
-    quantized = step_engine(model, "int8", share_weights)
-    if quantized.weights != "int8":  # (this torch has no quantized kernels: the engine is fp32 already)
-        return quantized
-    gap = largest_probability_gap(model, quantized, [0], steps=PROBE_STEPS)
-    quantized.probe_gap = gap
-    if gap <= tolerance:
-        return quantized
-    log.warning("the int8 engine's next-token probabilities stray up to %.3g from this model's (over the %g "
-                "tolerance): sampling with exact fp32 weights (--engine-weights int8 insists on int8)", gap, tolerance)
+    gaps = {}
+    for weights in ("int8", "fp16") if fast_engine.supports(model) else ("int8",):
+        engine = cpu_engine(model, weights, share_weights)
+        if engine.weights != weights:  # (no quantized kernels in this torch, or beyond fp16's range)
+            continue
+        gaps[weights] = largest_probability_gap(model, engine, [0], steps=PROBE_STEPS)
+        if gaps[weights] <= tolerance:
+            engine.probe_gap, engine.probe_gaps = gaps[weights], gaps
+            if weights != "int8":
+                log.info("the int8 engine's next-token probabilities stray up to %.3g from this model's (over the "
+                         "%g tolerance): sampling with fp16 weights (within %.3g)", gaps["int8"], tolerance,
+                         gaps[weights])
+            return engine
     exact = step_engine(model, "fp32", share_weights)
-    exact.probe_gap = gap
+    exact.probe_gaps = gaps
+    if gaps:
+        tried = ", ".join(f"{w} {gap:.3g}" for w, gap in gaps.items())
+        log.warning("the faster engines' next-token probabilities stray from this model's (%s, over the %g "
+                    "tolerance): sampling with exact fp32 weights (--engine-weights int8 insists on int8)",
+                    tried, tolerance)
     return exact

@@ -29,11 +29,12 @@ class SampleConfig:
                           needs=(lambda s: s.sampling == "windowed", "--sampling windowed"))
     seed: int = setting(0, "random seed: the same seed gives the same text on the same machine")
     fast: bool = setting(True, "use the single-step engine on CPU (--no-fast steps with the model's torch code)")
-    engine_weights: str = setting("auto", "weights of the CPU engine: auto (int8 where, on this checkpoint, a short "
-                                          "probe finds its next-token probabilities within 1e-2 of the fp32 model's; "
-                                          "else fp32, said once), int8 (fbgemm, one scale per row: faster, as "
-                                          "measured in BENCHMARKS.md, with no accuracy check) or fp32 (exact: the "
-                                          "same text as --no-fast for a seed)", choices=("auto", "int8", "fp32"),
+    engine_weights: str = setting("auto", "weights of the CPU engine: auto (the fastest whose next-token "
+                                          "probabilities a short probe on this checkpoint finds within 1e-2 of the "
+                                          "fp32 model's: compiled int8, then compiled fp16, else exact fp32, said "
+                                          "once), int8 (fastest, unchecked), fp16 (the compiled step, half the "
+                                          "memory of fp32, unchecked) or fp32 (exact: the same text as --no-fast "
+                                          "for a seed)", choices=("auto", "int8", "fp16", "fp32"),
                                   needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))
     device: str = setting("cpu", "where to run the model", choices=("auto", "cpu", "cuda"))
 
@@ -379,7 +380,11 @@ class ServeConfig:
     idle_timeout: float = setting(5.0, "seconds an idle keep-alive connection stays open")
     max_batch: int = setting(0, "most completions one model advances per step (0 = all active: micro-batching; "
                                 "1 = one completion at a time)")
-    threads: int = setting(1, "torch threads for prompts and scoring (NumPy/OpenBLAS steps use the cores too)")
+    threads: int = setting(1, "torch threads for prompts and scoring (the engines' steps use every core anyway)")
+    engine_weights: str = setting("auto", "weights of each model's CPU engine, as for sample: auto (the fastest "
+                                          "within 1e-2 of the fp32 model on that checkpoint), int8, fp16 or fp32 "
+                                          "(exact, and in the model's own memory: no copy of the weights)",
+                                  choices=("auto", "int8", "fp16", "fp32"))
     allowed_hosts: str = setting("", "Host header names accepted besides loopback and --host (comma-separated; "
                                      "* accepts any): what the server is reached as when it is exposed")
     api_key: str = setting("", "require this key on the API (header Authorization: Bearer KEY; the page takes it "

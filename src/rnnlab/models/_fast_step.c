@@ -27,6 +27,7 @@ Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots per u
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
+#include <pthread.h>
 #endif
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -419,6 +420,13 @@ typedef struct {
     int batch, threads;
 } StepArgs;
 
+/* GNU OpenMP's thread pool does not survive fork(): a forked child that opened a parallel region
+   of several threads could hang, so after a fork the child steps on one thread (as torch does). */
+static volatile int forked_child = 0;
+#ifdef _OPENMP
+static void note_fork(void) { forked_child = 1; }
+#endif
+
 static int run_step(Engine *e, const StepArgs *a) {
     int batch = a->batch, cols_max = e->head_cols;
     for (int k = 0; k < e->layers; k++) cols_max = e->cols[k] > cols_max ? e->cols[k] : cols_max;
@@ -435,7 +443,7 @@ static int run_step(Engine *e, const StepArgs *a) {
     double spent[PROFILE_PARTS] = {0};
     long hsz = e->hidden;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(a->threads)
+#pragma omp parallel num_threads(forked_child ? 1 : a->threads) if (!forked_child && a->threads > 1)
 #endif
     {
 #ifdef _OPENMP
@@ -686,4 +694,9 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fast_step", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fast_step(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fast_step(void) {
+#ifdef _OPENMP
+    pthread_atfork(NULL, NULL, note_fork);
+#endif
+    return PyModule_Create(&module);
+}

@@ -41,6 +41,7 @@ except ImportError:  # not built (no C compiler at install): the NumPy engine is
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}
 WEIGHTS = {"int8": 0, "fp16": 1}
 COLUMN_BLOCK = 32
+FP16_LARGEST = 65504.0
 F32 = np.float32
 
 
@@ -54,12 +55,22 @@ def cpu_kernels() -> str:
     return _fast_step.isa() if _fast_step is not None else "none"
 
 
+def why_not(model: RecurrentLM) -> str | None:
+    """Why the compiled step cannot run this model, or None: it runs LSTM, GRU and tanh-RNN layers
+    (up to 16) under a plain output layer (no dense layer before it, no projection, no adaptive softmax)."""
+    if _fast_step is None:
+        return "it was not built with this install (no C compiler was found)"
+    if model.layers.cell not in CELLS:
+        return f"it runs LSTM, GRU and RNN layers, not {model.layers.cell.upper()}"
+    if model.dense is not None or model.head is None or model.projection is not None:
+        return "it runs models whose output layer is one plain linear layer"
+    if model.layers.num_layers > 16:
+        return "it runs up to 16 layers"
+    return None
+
+
 def supports(model: RecurrentLM) -> bool:
-    """Whether the compiled step re-expresses this model: LSTM, GRU or tanh-RNN layers with a plain
-    output layer (no dense layer before it, no projection, no adaptive softmax)."""
-    return (_fast_step is not None and model.layers.cell in CELLS and model.dense is None
-            and model.head is not None and model.projection is None
-            and model.layers.num_layers <= 16)
+    return why_not(model) is None
 
 
 class FastStepEngine:
@@ -68,6 +79,7 @@ class FastStepEngine:
 
     takes_numpy = True
     uses_blas_threads = False  # its threads are torch's own OpenMP threads
+    threads: int | None = None  # threads per step; None: as many as torch uses (torch.get_num_threads())
 
     def __init__(self, model: RecurrentLM, weights: str = "int8", kernels: str = "auto"):
         if _fast_step is None:
@@ -75,7 +87,7 @@ class FastStepEngine:
         if weights not in WEIGHTS:
             raise ValueError(f"the compiled engine's weights must be int8 or fp16, got {weights!r}")
         if not supports(model):
-            raise ValueError("the compiled engine runs LSTM, GRU and RNN models with a plain output layer")
+            raise ValueError(f"the compiled engine cannot run this model: {why_not(model)}")
         stack = model.layers
         self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
         self.vocab_size, self.weights = model.vocab_size, weights
@@ -115,6 +127,8 @@ class FastStepEngine:
         rows, cols = _ceil(matrix.shape[0], 4), _ceil(matrix.shape[1], COLUMN_BLOCK)
         matrix = _padded(matrix, rows, cols)
         if self.weights == "fp16":
+            if np.abs(matrix).max(initial=0.0) > FP16_LARGEST:
+                raise ValueError(f"a weight beyond fp16's range (|w| > {FP16_LARGEST})")
             return np.ascontiguousarray(matrix.astype(np.float16)), None, None
         quantized, row_scale, col_scale = int8_rows_and_columns(matrix)
         return quantized, row_scale, col_scale
@@ -139,7 +153,7 @@ class FastStepEngine:
         h_new = np.empty_like(h)
         c_new = np.empty_like(c) if c is not None else None
         logits = np.empty((len(tokens), self.vocab_size), F32)
-        _fast_step.step(self._engine, tokens, h, c, h_new, c_new, logits, torch.get_num_threads())
+        _fast_step.step(self._engine, tokens, h, c, h_new, c_new, logits, self.threads or torch.get_num_threads())
         return logits, ((h_new, c_new) if c is not None else (h_new,))
 
     def profile(self, enable: bool = True) -> dict[str, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 from rnnlab.config import SampleConfig, TrainConfig
 from rnnlab.data.vocab import Vocab
-from rnnlab.sampling import TokenSampler, concat_rows, make_stepper, prime, start, step, take_rows
+from rnnlab.sampling import TokenSampler, concat_rows, make_stepper, prime, start, step, stepper_name, take_rows
 from rnnlab.training.checkpoint import load_checkpoint
 
 PATH_KEYS = ("checkpoint", "corpus_path")  # where things are on the server: listed only with --show-paths
@@ -48,7 +49,7 @@ class LoadedModel:
     train_config: TrainConfig = field(default_factory=TrainConfig)  # (its scheme decides how it samples)
 
     @classmethod
-    def load(cls, name: str, path: str | Path) -> "LoadedModel":
+    def load(cls, name: str, path: str | Path, engine_weights: str = "auto") -> "LoadedModel":
         ckpt = load_checkpoint(path, weights_only=True)
         model = ckpt.build_model("cpu")
         model.requires_grad_(False)
@@ -59,9 +60,12 @@ class LoadedModel:
                 "corpus_path": str(ckpt.metrics.get("corpus", "unknown")),
                 "best_val_loss": ckpt.metrics.get("best_val_loss", ckpt.metrics.get("val_loss")),
                 "val_bits_per_char": ckpt.metrics.get("val_bits_per_char")}
-        # fp32: a server steps many completions as one batch, where OpenBLAS's fp32 products are fast,
-        # and the engine's fp32 weights are the model's own memory (int8 would add a packed copy)
-        stepper = make_stepper(model, SampleConfig(engine_weights="fp32"), share_weights=True)
+        # by default the fastest engine within the tolerance on this checkpoint (a compiled int8 or fp16
+        # copy adds a quarter or a half of the fp32 weights; an fp32 engine shares the model's memory)
+        stepper = make_stepper(model, SampleConfig(engine_weights=engine_weights), share_weights=True)
+        if hasattr(stepper, "threads"):  # the server keeps torch to --threads; the compiled step uses every core
+            stepper.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        info["engine"] = stepper_name(stepper)
         return cls(name, ckpt.path, model, ckpt.vocab, stepper, info, ckpt.config.train)
 
     def default_prime(self) -> list[int]:

@@ -1,0 +1,236 @@
+"""The compiled step engine (rnnlab.models.fast_engine over _fast_step.c) against the model's own step,
+for every cell type, kernel set and weight type; and the default engine's accuracy-first choice."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from rnnlab.config import ModelConfig, SampleConfig
+from rnnlab.models import fast_engine
+from rnnlab.models.lm import RecurrentLM
+from rnnlab.sampling import ENGINE_TOLERANCE, generate, largest_probability_gap, make_stepper, stepper_name
+
+pytestmark = pytest.mark.skipif(not fast_engine.available(), reason="the compiled step is not built here")
+
+ALL_KERNELS = ("generic", "avx2", "avx512", "avx512vnni")
+# the largest logit difference to the fp32 model on small random models: fp16 rounds each weight to
+# 11 bits, int8 to 8 (with row and column scales)
+LOGIT_TOLERANCE = {"fp16": 2e-3, "int8": 2e-2}
+
+
+def kernels_here() -> list[str]:
+    """Every kernel set this CPU can run (the portable C one always)."""
+    best = fast_engine.cpu_kernels()
+    return list(ALL_KERNELS[:ALL_KERNELS.index(best) + 1]) if best in ALL_KERNELS else ["generic"]
+
+
+def small_model(cell="lstm", layers=2, hidden=40, embedding=16, vocab=23, seed=0):
+    torch.manual_seed(seed)
+    return RecurrentLM(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding_size=embedding),
+                       vocab).eval()
+
+
+def follow(model, engine, streams=3, steps=12, seed=0):
+    """Prime both on one random prompt, then step both on the same random tokens; the largest logit and
+    state differences seen, and the engine's logits at every step."""
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, model.vocab_size, (streams, 5))
+    with torch.inference_mode():
+        a, model_state = model.prime(torch.from_numpy(prompt))
+    b, engine_state = engine.prime(prompt)
+    worst_logit, worst_state = float(np.abs(a.numpy() - b).max()), 0.0
+    seen = [b]
+    for _ in range(steps):
+        tokens = rng.integers(0, model.vocab_size, streams)
+        with torch.inference_mode():
+            a, model_state = model.step(torch.from_numpy(tokens), model_state)
+        b, engine_state = engine.step(tokens, engine_state)
+        worst_logit = max(worst_logit, float(np.abs(a.numpy() - b).max()))
+        worst_state = max(worst_state, max(float(np.abs(x.numpy() - y).max())
+                                           for x, y in zip(model_state, engine_state, strict=True)))
+        seen.append(b)
+    return worst_logit, worst_state, np.stack(seen)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("weights", ["fp16", "int8"])
+@pytest.mark.parametrize("embedding, layers, hidden, vocab", [(0, 1, 40, 23), (16, 3, 37, 30)])
+def test_every_kernel_set_follows_the_model_step(cell, weights, embedding, layers, hidden, vocab):
+    """Each kernel set's logits and state track the model's prime and steps (hidden 37 and vocab 30 leave
+    partial tiles); the kernel sets compute the same sums, so they agree with each other far closer."""
+    model = small_model(cell, layers, hidden, embedding, vocab)
+    results = {}
+    for kernels in kernels_here():
+        engine = fast_engine.FastStepEngine(model, weights, kernels)
+        assert engine.kernels == kernels
+        logit_gap, state_gap, logits = follow(model, engine)
+        assert 0 < logit_gap < LOGIT_TOLERANCE[weights]  # close, and not the fp32 model by another name
+        assert state_gap < LOGIT_TOLERANCE[weights]
+        results[kernels] = logits
+    for kernels, logits in results.items():
+        np.testing.assert_allclose(logits, results["generic"], atol=2e-5, rtol=0, err_msg=kernels)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_a_batch_of_streams_steps_each_stream_as_it_would_alone(cell):
+    """Five streams in one call (tiles of several streams, a partial one) give each stream the logits
+    and state it gets alone, on every kernel set and thread count."""
+    model = small_model(cell, hidden=48, vocab=29)
+    rng = np.random.default_rng(1)
+    for kernels in kernels_here():
+        engine = fast_engine.FastStepEngine(model, "int8", kernels)
+        _, state = engine.prime(rng.integers(0, 29, (5, 4)))
+        tokens = rng.integers(0, 29, 5)
+        together, together_state = engine.step(tokens, state)
+        for b in range(5):
+            alone, alone_state = engine.step(tokens[b:b + 1], tuple(s[:, b:b + 1] for s in state))
+            np.testing.assert_allclose(alone[0], together[b], atol=1e-5, rtol=0)
+            for x, y in zip(alone_state, together_state, strict=True):
+                np.testing.assert_allclose(x[:, 0], y[:, b], atol=1e-6, rtol=0)
+
+
+def test_the_threads_split_the_work_without_changing_a_bit():
+    """Each hidden unit is computed the same way whichever thread owns it: 1 and 2 threads agree exactly."""
+    model = small_model(hidden=64, layers=2)
+    engine = fast_engine.FastStepEngine(model, "int8")
+    state = engine.init_state(2)
+    tokens = np.array([3, 7])
+    previous = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(engine.step(tokens, state))
+    finally:
+        torch.set_num_threads(previous)
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert all(np.array_equal(x, y) for x, y in zip(runs[0][1], runs[1][1], strict=True))
+
+
+def test_seeded_samples_are_reproducible_and_the_fp16_engine_samples_the_models_text():
+    model = small_model(hidden=32, vocab=20, seed=2)
+    config = SampleConfig(length=150, seed=7, temperature=0.8)
+    engine = fast_engine.FastStepEngine(model, "fp16")
+    first = np.stack(list(generate(engine, [1, 2, 3], config)))
+    again = np.stack(list(generate(fast_engine.FastStepEngine(model, "fp16"), [1, 2, 3], config)))
+    assert np.array_equal(first, again)
+    exact = np.stack(list(generate(model, [1, 2, 3], config)))
+    assert (first == exact).mean() > 0.95  # fp16 differs from fp32 by ~1e-6 in probability here
+
+
+def test_bad_tokens_and_states_are_refused_with_one_clear_error():
+    engine = fast_engine.FastStepEngine(small_model(vocab=23), "int8")
+    state = engine.init_state(1)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.step(np.array([23]), state)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.step(np.array([-1]), state)
+    with pytest.raises(ValueError, match="bytes"):
+        engine.step(np.array([1, 2]), state)  # two tokens, a state of one stream
+
+
+def trained(tmp_path, seed: int, hidden: int):
+    from conftest import tiny_config
+
+    from rnnlab.training.checkpoint import load_checkpoint
+    from rnnlab.training.loop import train
+
+    config = tiny_config(tmp_path / f"ck{seed}", max_steps=30, eval_every=30, seed=seed)
+    config.model.hidden_size = hidden
+    train(config, progress_bar=False)
+    return load_checkpoint(tmp_path / f"ck{seed}").build_model("cpu").eval()
+
+
+def test_the_default_engine_is_checked_on_each_checkpoint_and_stays_within_the_tolerance(tmp_path):
+    """Two differently trained checkpoints: the default engine is the fastest one whose probe passed, and
+    it stays within the tolerance of the fp32 model on another text too."""
+    for seed, hidden in ((1, 32), (2, 48)):
+        model = trained(tmp_path, seed, hidden)
+        engine = make_stepper(model, SampleConfig())
+        gaps = engine.probe_gaps
+        assert largest_probability_gap(model, engine, [0, 1, 2], steps=300, seed=seed) < ENGINE_TOLERANCE
+        expected = "int8" if gaps["int8"] <= ENGINE_TOLERANCE else "fp16" if gaps["fp16"] <= ENGINE_TOLERANCE else "fp32"
+        assert engine.weights == expected
+        assert stepper_name(engine).startswith("compiled" if expected != "fp32" else "numpy")
+
+
+def saturated_unit_model(weight: float, seed: int = 0) -> RecurrentLM:
+    """A crafted checkpoint: hidden unit 0 is held near 1 (its gates saturated by their biases) and every
+    recurrent row gives it `weight`, taken back by that row's bias. The fp32 model barely sees it; a
+    weight format that cannot hold `weight` exactly, or whose row scale grows with it, sees a lot."""
+    torch.manual_seed(seed)
+    model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=64, embedding_size=16, dropout=0.0), 30).eval()
+    hidden = 64
+    with torch.no_grad():
+        for gate in range(4):  # i, f, g, o of unit 0: driven by their biases alone
+            model.layers.weight_ih_l0[gate * hidden].zero_()
+            model.layers.weight_hh_l0[gate * hidden].zero_()
+            model.layers.bias_l0[gate * hidden] = 20.0
+        others = [row for row in range(4 * hidden) if row % hidden != 0]
+        model.layers.weight_hh_l0[others, 0] = weight
+        model.layers.bias_l0[others] -= weight
+        # every row's other weights also get one large entry on unit 0's neighbours, so no column scale
+        # can even them out (a row's range is set by its largest weight)
+        model.layers.weight_hh_l0[others, 1:4] *= 40.0
+        model.head.weight.mul_(8.0)  # (a distribution with some shape to it)
+    return model
+
+
+def test_a_checkpoint_where_int8_strays_is_sampled_with_fp16_saying_so(caplog):
+    model = saturated_unit_model(100.0)
+    assert largest_probability_gap(model, fast_engine.FastStepEngine(model, "int8"), [0], steps=200) > ENGINE_TOLERANCE
+    caplog.set_level(logging.INFO, logger="rnnlab")
+    engine = make_stepper(model, SampleConfig())
+    assert engine.weights == "fp16" and engine.probe_gaps["int8"] > ENGINE_TOLERANCE >= engine.probe_gap
+    assert "sampling with fp16 weights" in caplog.text
+    assert largest_probability_gap(model, engine, [0], steps=200) < ENGINE_TOLERANCE
+
+
+def test_a_checkpoint_where_fp16_strays_too_is_sampled_exactly_saying_so(caplog):
+    """3001 is no fp16 number (it rounds to 3000): unit 0's pull is then off by its whole value."""
+    model = saturated_unit_model(3001.0)
+    caplog.set_level(logging.WARNING, logger="rnnlab")
+    engine = make_stepper(model, SampleConfig())
+    assert engine.weights == "fp32" and min(engine.probe_gaps.values()) > ENGINE_TOLERANCE
+    assert "sampling with exact fp32 weights" in caplog.text
+    # fp32 (only the summation order differs; with weights of 3001 cancelling, that shows a little)
+    assert largest_probability_gap(model, engine, [0], steps=200) < 1e-3
+    # beyond fp16's range, the fp16 engine is not built at all
+    with torch.no_grad():
+        model.layers.weight_hh_l0[1, 0] = 70000.0
+    with pytest.raises(ValueError, match="fp16's range"):
+        fast_engine.FastStepEngine(model, "fp16")
+
+
+def test_asked_weights_are_used_and_models_it_cannot_run_get_the_numpy_engine(caplog):
+    model = small_model()
+    assert make_stepper(model, SampleConfig(engine_weights="int8")).weights == "int8"
+    assert isinstance(make_stepper(model, SampleConfig(engine_weights="fp16")), fast_engine.FastStepEngine)
+    assert stepper_name(make_stepper(model, SampleConfig(engine_weights="fp32"))) == "numpy fp32"
+    qrnn = RecurrentLM(ModelConfig(cell="qrnn", num_layers=2, hidden_size=16, embedding_size=4), 11).eval()
+    assert fast_engine.why_not(qrnn) and not fast_engine.supports(qrnn)
+    caplog.set_level(logging.WARNING, logger="rnnlab")
+    assert stepper_name(make_stepper(qrnn, SampleConfig(engine_weights="fp16"))) == "numpy fp32"
+    assert "fp16 weights need the compiled step" in caplog.text
+
+
+def test_without_the_compiled_step_sampling_uses_the_numpy_engine(monkeypatch, caplog):
+    """An install with no C compiler: the package imports and samples, with the NumPy engine."""
+    monkeypatch.setattr(fast_engine, "_fast_step", None)
+    model = small_model()
+    assert not fast_engine.available() and "not built" in fast_engine.why_not(model)
+    assert stepper_name(make_stepper(model, SampleConfig())).startswith("numpy")
+    caplog.set_level(logging.WARNING, logger="rnnlab")
+    assert stepper_name(make_stepper(model, SampleConfig(engine_weights="fp16"))) == "numpy fp32"
+    assert len(list(generate(make_stepper(model, SampleConfig()), [1], SampleConfig(length=20)))) == 20
+
+
+def test_the_server_steps_with_the_default_engine_on_every_core(trained_checkpoint):
+    from rnnlab.serve.engine import LoadedModel
+
+    loaded = LoadedModel.load("m", trained_checkpoint)
+    assert loaded.info["engine"] == stepper_name(loaded.stepper) and loaded.info["engine"].startswith("compiled")
+    assert loaded.stepper.threads >= 1  # all cores, whatever torch's --threads
+    assert LoadedModel.load("m", trained_checkpoint, "fp32").info["engine"] == "numpy fp32"
