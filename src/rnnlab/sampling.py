@@ -317,13 +317,14 @@ def make_stepper(model, config: SampleConfig, share_weights: bool = False):
     return model
 
 
-def cpu_engine(model, weights: str, share_weights: bool = False):
-    """The CPU engine with these weights: the compiled step (fast_engine) for int8 and fp16 where it runs
-    this model, else the NumPy engine (int8 through fbgemm; fp16 becomes exact fp32, said once)."""
+def cpu_engine(model, weights, share_weights: bool = False):
+    """The CPU engine with these weights: the compiled step (fast_engine) for int8 and fp16 (or one of them
+    per layer) where it runs this model, else the NumPy engine (int8 through fbgemm; fp16 becomes exact
+    fp32, said once)."""
     from rnnlab.models import fast_engine
     from rnnlab.models.cpu_engine import step_engine
 
-    if weights in fast_engine.WEIGHTS and fast_engine.supports(model):
+    if (weights in fast_engine.WEIGHTS or not isinstance(weights, str)) and fast_engine.supports(model):
         try:
             return fast_engine.FastStepEngine(model, weights)
         except ValueError as error:  # (fp16: weights beyond its range)
@@ -351,30 +352,35 @@ PROBE_STEPS = 200
 def accurate_engine(model, share_weights: bool = False, tolerance: float = ENGINE_TOLERANCE):
     """The fastest engine that stays within `tolerance` of the model's own fp32 step on this model, along a
     short deterministic probe (PROBE_STEPS tokens drawn from the model, from its line start): the compiled
-    int8 engine, else the compiled fp16 one (where the compiled step does not run the model: fbgemm's
-    int8), else the exact fp32 engine. A fallback is said once. The gaps measured are kept as
-    `probe_gaps` ({weights: gap}) and the chosen engine's as `probe_gap` (absent for fp32)."""
+    engine with int8 weights, else with fp16 for its lowest layer(s), else fp16 everywhere
+    (fast_engine.weight_ladder); where the compiled step does not run the model, fbgemm's int8; else the
+    exact fp32 engine. A fallback is said once. The gaps measured are kept as `probe_gaps` ({weights:
+    gap}, in the order tried) and the chosen engine's as `probe_gap` (absent for fp32)."""
     from rnnlab.models import fast_engine
     from rnnlab.models.cpu_engine import step_engine
 
     gaps = {}
-    for weights in ("int8", "fp16") if fast_engine.supports(model) else ("int8",):
-        engine = cpu_engine(model, weights, share_weights)
-        if engine.weights != weights:  # (no quantized kernels in this torch, or beyond fp16's range)
+    compiled = fast_engine.supports(model)
+    for weights in fast_engine.weight_ladder(model.layers.num_layers) if compiled else [("int8",)]:
+        engine = cpu_engine(model, weights if compiled else "int8", share_weights)
+        name = fast_engine.weights_name(weights)
+        if engine.weights != name:  # (no quantized kernels in this torch, or beyond fp16's range)
             continue
-        gaps[weights] = largest_probability_gap(model, engine, [0], steps=PROBE_STEPS)
-        if gaps[weights] <= tolerance:
-            engine.probe_gap, engine.probe_gaps = gaps[weights], gaps
-            if weights != "int8":
-                log.info("the int8 engine's next-token probabilities stray up to %.3g from this model's (over the "
-                         "%g tolerance): sampling with fp16 weights (within %.3g)", gaps["int8"], tolerance,
-                         gaps[weights])
+        gaps[name] = largest_probability_gap(model, engine, [0], steps=PROBE_STEPS)
+        if gaps[name] <= tolerance:
+            engine.probe_gap, engine.probe_gaps = gaps[name], gaps
+            if name != "int8":
+                log.info("the int8 engine's next-token probabilities stray from this model's (%s; tolerance %g): "
+                         "sampling with %s weights (layers bottom first)", _gaps_line(gaps), tolerance, name)
             return engine
     exact = step_engine(model, "fp32", share_weights)
     exact.probe_gaps = gaps
     if gaps:
-        tried = ", ".join(f"{w} {gap:.3g}" for w, gap in gaps.items())
         log.warning("the faster engines' next-token probabilities stray from this model's (%s, over the %g "
                     "tolerance): sampling with exact fp32 weights (--engine-weights int8 insists on int8)",
-                    tried, tolerance)
+                    _gaps_line(gaps), tolerance)
     return exact
+
+
+def _gaps_line(gaps: dict) -> str:
+    return ", ".join(f"{weights} {gap:.3g}" for weights, gap in gaps.items())

@@ -12,8 +12,8 @@ The Python side (fast_engine.py) lays the weights out and owns them; this file o
     recurrent terms apart, since the reset gate multiplies only the latter). tanh-RNN: S = 1.
   * the first layer's input term (its weights times the token's input vector, biases included) is
     a (V, S*H) table, so its matrix has the h columns only;
-  * weights are int8 (one scale per row and one per column, the column scale folded into the
-    input, which is then rounded to int16 per stream) or fp16; the output layer stays fp32.
+  * each layer's weights are int8 (one scale per row and one per column, the column scale folded
+    into the input, which is then rounded to int16 per stream) or fp16; the output layer stays fp32.
 Kernels: AVX-512, AVX2 (x86-64, chosen at run time) and portable C for every other CPU (ARM
 included), the same arithmetic in each; tests compare all of them with the model's own step.
 Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots per unit, L = layers. */
@@ -49,7 +49,8 @@ static const char *ISA_NAMES[ISAS] = {"generic", "avx2", "avx512", "avx512vnni"}
 #define PROFILE_PARTS 4 /* input rounding, products, gate math, output layer (seconds, summed) */
 
 typedef struct {
-    int cell, weights, isa, layers, hidden, vocab, slots, rows, head_cols;
+    int cell, isa, layers, hidden, vocab, slots, rows, head_cols;
+    int weights[MAX_LAYERS];           /* each layer's: WEIGHTS_INT8 or WEIGHTS_FP16 */
     int cols[MAX_LAYERS];              /* padded columns of each layer's matrix */
     const void *w[MAX_LAYERS];         /* (rows, cols[k]) int8 or fp16 */
     const float *row_scale[MAX_LAYERS];/* int8: (rows,) */
@@ -258,7 +259,7 @@ INLINE void store(const Product *p, int b, int row, float dot) {
     }
     int unit = row / e->slots, slot = row % e->slots;
     long at = (long)slot * e->hidden + unit;
-    if (e->weights == WEIGHTS_INT8) dot *= e->row_scale[p->k][row] * p->x_scale[b];
+    if (e->weights[p->k] == WEIGHTS_INT8) dot *= e->row_scale[p->k][row] * p->x_scale[b];
     float add = p->k == 0 ? e->table[p->tokens[b] * (long)e->rows + at] : e->bias[p->k][at];
     p->pre[(long)b * e->rows + at] = dot + add;
 }
@@ -277,7 +278,7 @@ INLINE void store(const Product *p, int b, int row, float dot) {
             if (p->k < 0)                                                                                   \
                 TILE_F32((const float *)p->w + (long)row * p->cols, p->cols, (const float *)p->x + b * p->xs, \
                          p->xs, ns, out);                                                                   \
-            else if (e->weights == WEIGHTS_INT8)                                                            \
+            else if (e->weights[p->k] == WEIGHTS_INT8)                                                      \
                 TILE_I8((const int8_t *)p->w + (long)row * p->cols, p->cols,                                \
                         (const int16_t *)p->x + b * p->xs, p->xs, ns, out);                                 \
             else                                                                                            \
@@ -385,7 +386,7 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
     const float *below = k > 0 ? h_new + ((long)(k - 1) * batch + b) * hsz : NULL;
     const float *own = h_old + ((long)k * batch + b) * hsz;
     long own_at = k > 0 ? hsz : 0;
-    if (e->weights == WEIGHTS_FP16) {
+    if (e->weights[k] == WEIGHTS_FP16) {
         float *xf = (float *)x + (long)b * cols;
         memset(xf, 0, cols * sizeof(float));
         if (below) memcpy(xf, below, hsz * sizeof(float));
@@ -430,8 +431,7 @@ static void note_fork(void) { forked_child = 1; }
 static int run_step(Engine *e, const StepArgs *a) {
     int batch = a->batch, cols_max = e->head_cols;
     for (int k = 0; k < e->layers; k++) cols_max = e->cols[k] > cols_max ? e->cols[k] : cols_max;
-    size_t item = e->weights == WEIGHTS_INT8 ? sizeof(int16_t) : sizeof(float);
-    void *x = malloc((size_t)batch * cols_max * item);
+    void *x = malloc((size_t)batch * cols_max * sizeof(float)); /* int16 (int8 layers) or fp32 inputs */
     float *scaled = malloc((size_t)batch * cols_max * sizeof(float)); /* int8: what x is rounded from */
     float *head_x = malloc((size_t)batch * e->head_cols * sizeof(float));
     float *x_scale = malloc((size_t)batch * sizeof(float));
@@ -533,31 +533,31 @@ static int isa_named(const char *name) {
     return -1;
 }
 
-/* build(cell, weights, isa, hidden, vocab, table, head_w, head_b, layers) -> engine
-   layers: a tuple of (w, row_scale, col_scale, bias) per layer; row/col scales None for fp16 */
+/* build(cell, isa, hidden, vocab, table, head_w, head_b, layers) -> engine
+   layers: a tuple of (w, row_scale, col_scale, bias) per layer: int8 weights with their scales, or
+   fp16 weights (as uint16) with both scales None; each layer may differ */
 static PyObject *build(PyObject *self, PyObject *args) {
-    int cell, weights, hidden, vocab;
+    int cell, hidden, vocab;
     const char *isa_name;
     PyObject *table, *head_w, *head_b, *layers;
-    if (!PyArg_ParseTuple(args, "iisiiOOOO!", &cell, &weights, &isa_name, &hidden, &vocab, &table, &head_w,
-                          &head_b, &PyTuple_Type, &layers))
+    if (!PyArg_ParseTuple(args, "isiiOOOO!", &cell, &isa_name, &hidden, &vocab, &table, &head_w, &head_b,
+                          &PyTuple_Type, &layers))
         return NULL;
     Py_ssize_t count = PyTuple_GET_SIZE(layers);
     int isa = strcmp(isa_name, "auto") == 0 ? cpu_isa() : isa_named(isa_name);
     if (isa < 0 || isa > cpu_isa()) return PyErr_Format(PyExc_ValueError, "this CPU cannot run the %s kernels", isa_name);
-    if (cell < CELL_LSTM || cell > CELL_RNN || (weights != WEIGHTS_INT8 && weights != WEIGHTS_FP16) || hidden < 1 ||
+    if (cell < CELL_LSTM || cell > CELL_RNN || hidden < 1 ||
         vocab < 1 || count < 1 || count > MAX_LAYERS)
         return PyErr_Format(PyExc_ValueError, "unsupported engine shape");
     Engine *e = calloc(1, sizeof(Engine));
     if (!e) return PyErr_NoMemory();
     PyObject *capsule = PyCapsule_New(e, "rnnlab.fast_step.Engine", engine_free);
     if (!capsule) { free(e); return NULL; }
-    e->cell = cell, e->weights = weights, e->isa = isa, e->layers = (int)count, e->hidden = hidden, e->vocab = vocab;
+    e->cell = cell, e->isa = isa, e->layers = (int)count, e->hidden = hidden, e->vocab = vocab;
     e->slots = cell == CELL_RNN ? 1 : 4;
     e->rows = e->slots * hidden;
     e->head_cols = (hidden + COLUMN_BLOCK - 1) / COLUMN_BLOCK * COLUMN_BLOCK;
     int rows_padded = (e->rows + 3) / 4 * 4, vocab_padded = (vocab + 3) / 4 * 4;
-    size_t item = weights == WEIGHTS_INT8 ? 1 : 2;
     if (!(e->table = keep_view(e, table, (Py_ssize_t)vocab * e->rows * 4, "the input table")) ||
         !(e->head_w = keep_view(e, head_w, (Py_ssize_t)vocab_padded * e->head_cols * 4, "the output weights")) ||
         !(e->head_b = keep_view(e, head_b, (Py_ssize_t)vocab * 4, "the output bias"))) {
@@ -572,6 +572,8 @@ static PyObject *build(PyObject *self, PyObject *args) {
         }
         int width = (k > 0 ? 2 : 1) * hidden;
         e->cols[k] = (width + COLUMN_BLOCK - 1) / COLUMN_BLOCK * COLUMN_BLOCK;
+        int weights = e->weights[k] = PyTuple_GET_ITEM(layer, 1) == Py_None ? WEIGHTS_FP16 : WEIGHTS_INT8;
+        size_t item = weights == WEIGHTS_INT8 ? 1 : 2;
         if (!(e->w[k] = keep_view(e, PyTuple_GET_ITEM(layer, 0), (Py_ssize_t)rows_padded * e->cols[k] * item,
                                   "a layer's weights")) ||
             !(e->bias[k] = keep_view(e, PyTuple_GET_ITEM(layer, 3), (Py_ssize_t)e->rows * 4, "a layer's bias"))) {

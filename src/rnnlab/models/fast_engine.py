@@ -28,6 +28,8 @@ type. Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -81,16 +83,18 @@ class FastStepEngine:
     uses_blas_threads = False  # its threads are torch's own OpenMP threads
     threads: int | None = None  # threads per step; None: as many as torch uses (torch.get_num_threads())
 
-    def __init__(self, model: RecurrentLM, weights: str = "int8", kernels: str = "auto"):
+    def __init__(self, model: RecurrentLM, weights: str | Sequence[str] = "int8", kernels: str = "auto"):
+        """`weights`: int8 or fp16 for every layer, or one of them per layer (bottom first)."""
         if _fast_step is None:
             raise RuntimeError("the compiled step is not built in this install")
-        if weights not in WEIGHTS:
-            raise ValueError(f"the compiled engine's weights must be int8 or fp16, got {weights!r}")
         if not supports(model):
             raise ValueError(f"the compiled engine cannot run this model: {why_not(model)}")
         stack = model.layers
         self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
-        self.vocab_size, self.weights = model.vocab_size, weights
+        self.layer_weights = (weights,) * self.num_layers if isinstance(weights, str) else tuple(weights)
+        if len(self.layer_weights) != self.num_layers or any(w not in WEIGHTS for w in self.layer_weights):
+            raise ValueError(f"the compiled engine's weights must be int8 or fp16 (or one per layer), got {weights!r}")
+        self.vocab_size, self.weights = model.vocab_size, weights_name(self.layer_weights)
         self._model = model
         with torch.no_grad():
             layers = [[_numpy(t) for t in stack.layer_weights(k)] for k in range(self.num_layers)]
@@ -102,12 +106,12 @@ class FastStepEngine:
             for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
                 matrix = _layer_matrix(self.cell, w_ih if k > 0 else None, w_hh)
                 bias = _slot_major(_layer_bias(self.cell, b_ih, b_hh)[None], self.cell, self.hidden)[0]
-                built.append(self._packed(matrix) + (bias,))
+                built.append(_packed(matrix, self.layer_weights[k]) + (bias,))
             head_w = _padded(_numpy(model.head.weight), _ceil(self.vocab_size, 4), _ceil(self.hidden, COLUMN_BLOCK))
             head_b = np.ascontiguousarray(_numpy(model.head.bias))
         self._arrays += [head_w, head_b, built]
-        self._engine = _fast_step.build(CELLS[self.cell], WEIGHTS[weights], kernels, self.hidden, self.vocab_size,
-                                        table, head_w, head_b, tuple(built))
+        self._engine = _fast_step.build(CELLS[self.cell], kernels, self.hidden, self.vocab_size, table, head_w,
+                                        head_b, tuple(built))
         self.kernels = _fast_step.isa(self._engine)
 
     def _first_layer_input(self, model: RecurrentLM, first) -> np.ndarray:
@@ -121,17 +125,6 @@ class FastStepEngine:
         else:
             table += b_hh
         return table
-
-    def _packed(self, matrix: np.ndarray) -> tuple:
-        """(weights, row scales, column scales) of one layer's matrix, in the kernel's format."""
-        rows, cols = _ceil(matrix.shape[0], 4), _ceil(matrix.shape[1], COLUMN_BLOCK)
-        matrix = _padded(matrix, rows, cols)
-        if self.weights == "fp16":
-            if np.abs(matrix).max(initial=0.0) > FP16_LARGEST:
-                raise ValueError(f"a weight beyond fp16's range (|w| > {FP16_LARGEST})")
-            return np.ascontiguousarray(matrix.astype(np.float16)), None, None
-        quantized, row_scale, col_scale = int8_rows_and_columns(matrix)
-        return quantized, row_scale, col_scale
 
     # --- the stepper interface --------------------------------------------------------------------
 
@@ -161,6 +154,30 @@ class FastStepEngine:
         `enable`. Parts: rounding the inputs, matrix products, gate math, output layer."""
         spent = _fast_step.profile(self._engine, enable)
         return dict(zip(("inputs", "products", "gate math", "output layer"), spent, strict=True))
+
+
+def weights_name(layer_weights: Sequence[str]) -> str:
+    """"int8" or "fp16" when every layer has it, else the layers' bottom first: "fp16+int8"."""
+    return layer_weights[0] if len(set(layer_weights)) == 1 else "+".join(layer_weights)
+
+
+def weight_ladder(num_layers: int) -> list[tuple[str, ...]]:
+    """The weights to try, fastest first: int8 everywhere, then fp16 for the first layer, then the first
+    two (the lowest layers' rounding errors travel through every layer above; they stray most), then
+    fp16 everywhere."""
+    return [("fp16",) * j + ("int8",) * (num_layers - j) for j in sorted({0, 1, 2, num_layers}) if j <= num_layers]
+
+
+def _packed(matrix: np.ndarray, weights: str) -> tuple:
+    """(weights, row scales, column scales) of one layer's matrix, in the kernel's format (fp16: no
+    scales)."""
+    rows, cols = _ceil(matrix.shape[0], 4), _ceil(matrix.shape[1], COLUMN_BLOCK)
+    matrix = _padded(matrix, rows, cols)
+    if weights == "fp16":
+        if np.abs(matrix).max(initial=0.0) > FP16_LARGEST:
+            raise ValueError(f"a weight beyond fp16's range (|w| > {FP16_LARGEST})")
+        return np.ascontiguousarray(matrix.astype(np.float16)), None, None
+    return int8_rows_and_columns(matrix)
 
 
 def int8_rows_and_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
