@@ -248,3 +248,4 @@ def test_the_server_steps_with_the_default_engine_on_every_core(trained_checkpoi
     assert loaded.info["engine"] == stepper_name(loaded.stepper) and loaded.info["engine"].startswith("compiled")
     assert loaded.stepper.threads >= 1  # all cores, whatever torch's --threads
     assert LoadedModel.load("m", trained_checkpoint, "fp32").info["engine"] == "numpy fp32"
+
