@@ -16,6 +16,7 @@ import asyncio
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,9 @@ class Stream:
         self.cancelled = True
 
 
+HOP_SECONDS = 0.005  # the longest the model's thread runs steps before handing tokens back to the event loop
+
+
 class Busy(Exception):
     """More streams than the server's max_streams: the request gets a 503."""
 
@@ -124,9 +128,19 @@ class Scheduler:
             joining, self.pending = self.pending[:max(room, 0)], self.pending[max(room, 0):]
             # The model works in a thread so the event loop keeps serving; queues are fed back here,
             # on the loop's thread, because asyncio queues are not thread-safe.
-            events = await asyncio.to_thread(self._advance, joining)
+            events = await asyncio.to_thread(self._advance_for, joining, HOP_SECONDS)
             for stream, item in events:
                 stream.queue.put_nowait(item)
+
+    def _advance_for(self, joining: list[Stream], seconds: float) -> list[tuple[Stream, int | None]]:
+        """Advance the streams for up to `seconds` (at least one step), or until new streams wait to join:
+        a trip to the worker thread and back costs more than a fast engine's step, so several steps
+        share one. Tokens then reach their streams in bursts of at most `seconds`."""
+        deadline = time.perf_counter() + seconds
+        events = self._advance(joining)
+        while (self.active or self.windowed) and not self.pending and time.perf_counter() < deadline:
+            events += self._advance([])
+        return events
 
     def _advance(self, joining: list[Stream]) -> list[tuple[Stream, int | None]]:
         """Join new streams, sample one token for every active one, drop finished ones, step."""
