@@ -13,6 +13,7 @@ client went away, leaves before the next step. Weights are never copied per requ
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import os
 import threading
@@ -111,6 +112,9 @@ class Scheduler:
         self.steps = 0  # batched steps run, for tests and metrics
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        # one thread steps this model, always the same: an OpenMP team (the compiled step's) belongs to the
+        # thread that starts it, and teams of several threads taking turns would spin against each other
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlab-model")
 
     def submit(self, streams: list[Stream]) -> None:
         self.capacity.acquire(len(streams))
@@ -128,7 +132,8 @@ class Scheduler:
             joining, self.pending = self.pending[:max(room, 0)], self.pending[max(room, 0):]
             # The model works in a thread so the event loop keeps serving; queues are fed back here,
             # on the loop's thread, because asyncio queues are not thread-safe.
-            events = await asyncio.to_thread(self._advance_for, joining, HOP_SECONDS)
+            events = await asyncio.get_running_loop().run_in_executor(self._thread, self._advance_for, joining,
+                                                                      HOP_SECONDS)
             for stream, item in events:
                 stream.queue.put_nowait(item)
 
