@@ -92,7 +92,8 @@ def test_the_cli_the_server_and_the_onnx_engine_give_the_same_seeded_completion(
     assert main(["sample", str(trained_checkpoint), "--prime-text", "ROMEO:", "--length", "60", "--seed", "11",
                  "--temperature", "0.8", "--top-k", "20", "--top-p", "0.95", "--engine-weights", "fp32"]) == 0
     by_cli = capsys.readouterr().out.removeprefix("ROMEO:").removesuffix("\n")
-    client = TestClient(create_app([LoadedModel.load("m", trained_checkpoint)], ServeConfig()), base_url="http://127.0.0.1")
+    exact = LoadedModel.load("m", trained_checkpoint, "fp32")  # the ONNX engine's weights are fp32
+    client = TestClient(create_app([exact], ServeConfig()), base_url="http://127.0.0.1")
     by_server = client.post("/v1/complete", json=request).json()["completions"][0]["text"]
     by_onnx = OnnxModel(tmp_path / "m.onnx").complete("ROMEO:", length=60, seed=11, temperature=0.8, top_k=20,
                                                       top_p=0.95)

@@ -249,3 +249,22 @@ def test_the_server_steps_with_the_default_engine_on_every_core(trained_checkpoi
     assert loaded.stepper.threads >= 1  # all cores, whatever torch's --threads
     assert LoadedModel.load("m", trained_checkpoint, "fp32").info["engine"] == "numpy fp32"
 
+
+
+def test_the_cli_and_the_server_give_the_same_seeded_completion_with_the_default_engine(trained_checkpoint,
+                                                                                          capsys):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from rnnlab.cli import main
+    from rnnlab.config import ServeConfig
+    from rnnlab.serve.app import create_app
+    from rnnlab.serve.engine import LoadedModel
+
+    assert main(["sample", str(trained_checkpoint), "--prime-text", "ROMEO:", "--length", "80", "--seed", "3"]) == 0
+    by_cli = capsys.readouterr().out.removeprefix("ROMEO:").removesuffix("\n")
+    loaded = LoadedModel.load("m", trained_checkpoint)
+    assert loaded.info["engine"].startswith("compiled")
+    client = TestClient(create_app([loaded], ServeConfig()), base_url="http://127.0.0.1")
+    response = client.post("/v1/complete", json={"prompt": "ROMEO:", "length": 80, "seed": 3})
+    assert len(by_cli) == 80 and by_cli == response.json()["completions"][0]["text"]
