@@ -13,7 +13,7 @@ The Python side (fast_engine.py) lays the weights out and owns them; this file o
   * the first layer's input term (its weights times the token's input vector, biases included) is
     a (V, S*H) table, so its matrix has the h columns only;
   * each layer's weights are int8 (one scale per row and one per column, the column scale folded
-    into the input, which is then rounded to int16 per stream) or fp16; the output layer stays fp32.
+    into the input, which is then rounded to int8 per stream) or fp16; the output layer stays fp32.
 Kernels: AVX-512, AVX2 (x86-64, chosen at run time) and portable C for every other CPU (ARM
 included), the same arithmetic in each; tests compare all of them with the model's own step.
 Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots per unit, L = layers. */
@@ -45,7 +45,7 @@ enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_AVX512_VNNI };
 #define ISAS 4
 static const char *ISA_NAMES[ISAS] = {"generic", "avx2", "avx512", "avx512vnni"};
 #define MAX_LAYERS 16
-#define COLUMN_BLOCK 32
+#define COLUMN_BLOCK 64
 #define PROFILE_PARTS 4 /* input rounding, products, gate math, output layer (seconds, summed) */
 
 typedef struct {
@@ -55,6 +55,7 @@ typedef struct {
     const void *w[MAX_LAYERS];         /* (rows, cols[k]) int8 or fp16 */
     const float *row_scale[MAX_LAYERS];/* int8: (rows,) */
     const float *col_scale[MAX_LAYERS];/* int8: (cols[k],), 0 on padding */
+    int32_t *row_sum[MAX_LAYERS];      /* int8: each row's sum of weights (for VNNI's unsigned inputs) */
     const float *bias[MAX_LAYERS];     /* (S, H), slot-major; unused for layer 0 */
     const float *table;                /* (V, S, H): the first layer's input term per token */
     const float *head_w, *head_b;      /* (ceil4(V), head_cols) fp32, (V,) */
@@ -102,7 +103,8 @@ INLINE void gates_body(int cell, int hidden, const float *restrict pre, const fl
 
 /* --- tile kernels: out[s * 4 + r] = w[r] . x[s] for 4 rows and ns <= 4 streams ----------------- */
 
-INLINE void tile_i8_generic(const int8_t *w, long cols, const int16_t *x, long xs, int ns, float *out) {
+INLINE void tile_i8_generic(const int8_t *w, long cols, const int8_t *x, long xs, int ns, const int32_t *row_sum,
+                            float *out) {
     for (int s = 0; s < ns; s++)
         for (int r = 0; r < 4; r++) {
             int64_t acc = 0;
@@ -162,23 +164,33 @@ TARGET(AVX512) INLINE __m512i madd16_512(__m512i acc, __m512i w, __m512i x) {
     return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x));
 }
 TARGET(AVX512) INLINE __m512 fma_512(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
-TARGET(AVX512) INLINE float sum_i32_512(__m512i acc) { return _mm512_reduce_add_ps(_mm512_cvtepi32_ps(acc)); }
-TARGET(AVX512) INLINE void tile_i8_512_n(const int8_t *w, long cols, const int16_t *x, long xs, const int NS,
+/* int8 sums are reduced as integers, so every kernel set rounds the same exact integer to float */
+TARGET(AVX512) INLINE float sum_i32_512(__m512i acc) { return (float)_mm512_reduce_add_epi32(acc); }
+TARGET(AVX512) INLINE void tile_i8_512_n(const int8_t *w, long cols, const int8_t *x, long xs, const int NS,
                                          float *out) {
 #define LW(r) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + (r) * cols + c)))
-#define LX(s) _mm512_loadu_si512((const void *)(x + (s) * xs + c))
+#define LX(s) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(x + (s) * xs + c)))
     TILE_LOOP_512(NS, LW, LX, 32, __m512i, _mm512_setzero_si512(), madd16_512, sum_i32_512)
 #undef LW
 #undef LX
 }
-TARGET(VNNI) INLINE __m512i dot16_512(__m512i acc, __m512i w, __m512i x) { return _mm512_dpwssd_epi32(acc, w, x); }
-TARGET(VNNI) INLINE void tile_i8_vnni_n(const int8_t *w, long cols, const int16_t *x, long xs, const int NS,
-                                       float *out) {
-#define LW(r) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + (r) * cols + c)))
-#define LX(s) _mm512_loadu_si512((const void *)(x + (s) * xs + c))
-    TILE_LOOP_512(NS, LW, LX, 32, __m512i, _mm512_setzero_si512(), dot16_512, sum_i32_512)
-#undef LW
-#undef LX
+/* VNNI multiplies unsigned by signed bytes, 64 products per instruction: the inputs are shifted to
+   x + 128 on load and 128 * (the row's sum of weights) is taken back after, in exact integers. */
+TARGET(VNNI) INLINE void tile_i8_vnni_n(const int8_t *w, long cols, const int8_t *x, long xs, const int NS,
+                                       const int32_t *row_sum, float *out) {
+    const __m512i shift = _mm512_set1_epi8((char)0x80);
+    __m512i acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int s = 0; s < NS; s++) acc[r][s] = _mm512_setzero_si512();
+    for (long c = 0; c < cols; c += 64) {
+        __m512i wv[4], xv[4];
+        for (int r = 0; r < 4; r++) wv[r] = _mm512_loadu_si512((const void *)(w + r * cols + c));
+        for (int s = 0; s < NS; s++) xv[s] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(x + s * xs + c)), shift);
+        for (int r = 0; r < 4; r++)
+            for (int s = 0; s < NS; s++) acc[r][s] = _mm512_dpbusd_epi32(acc[r][s], xv[s], wv[r]);
+    }
+    for (int s = 0; s < NS; s++)
+        for (int r = 0; r < 4; r++) out[s * 4 + r] = (float)(_mm512_reduce_add_epi32(acc[r][s]) - 128 * row_sum[r]);
 }
 TARGET(AVX512) INLINE void tile_f16_512_n(const uint16_t *w, long cols, const float *x, long xs, const int NS,
                                           float *out) {
@@ -207,12 +219,17 @@ TARGET(AVX2) INLINE float sum_f32_256(__m256 v) {
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
 }
-TARGET(AVX2) INLINE float sum_i32_256(__m256i acc) { return sum_f32_256(_mm256_cvtepi32_ps(acc)); }
+TARGET(AVX2) INLINE float sum_i32_256(__m256i acc) {
+    __m128i v = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return (float)_mm_cvtsi128_si32(v);
+}
 /* AVX2 has 16 registers: tiles of 4 rows by at most 2 streams */
-TARGET(AVX2) INLINE void tile_i8_256_n(const int8_t *w, long cols, const int16_t *x, long xs, const int NS,
+TARGET(AVX2) INLINE void tile_i8_256_n(const int8_t *w, long cols, const int8_t *x, long xs, const int NS,
                                        float *out) {
 #define LW(r) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + (r) * cols + c)))
-#define LX(s) _mm256_loadu_si256((const __m256i *)(x + (s) * xs + c))
+#define LX(s) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + (s) * xs + c)))
     TILE_LOOP_512(NS, LW, LX, 16, __m256i, _mm256_setzero_si256(), madd16_256, sum_i32_256)
 #undef LW
 #undef LX
@@ -242,7 +259,7 @@ typedef struct {
     int k;                 /* layer, or -1 for the output layer */
     const void *w;         /* rows of this product */
     long cols;
-    const void *x;         /* (B, xs) inputs: int16 for int8 weights, else fp32 */
+    const void *x;         /* (B, xs) inputs: int8 for int8 weights, else fp32 */
     long xs;
     const float *x_scale;  /* int8: per stream */
     const int64_t *tokens;
@@ -280,7 +297,7 @@ INLINE void store(const Product *p, int b, int row, float dot) {
                          p->xs, ns, out);                                                                   \
             else if (e->weights[p->k] == WEIGHTS_INT8)                                                      \
                 TILE_I8((const int8_t *)p->w + (long)row * p->cols, p->cols,                                \
-                        (const int16_t *)p->x + b * p->xs, p->xs, ns, out);                                 \
+                        (const int8_t *)p->x + b * p->xs, p->xs, ns, e->row_sum[p->k] + row, out);          \
             else                                                                                            \
                 TILE_F16((const uint16_t *)p->w + (long)row * p->cols, p->cols,                             \
                          (const float *)p->x + b * p->xs, p->xs, ns, out);                                  \
@@ -304,7 +321,8 @@ static void gates_generic(int cell, int hidden, const float *pre, const float *h
     case 3: if (MAX > 2) { NAME(w, cols, x, xs, 3, out); } break;                                            \
     default: if (MAX > 2) { NAME(w, cols, x, xs, 4, out); } break;                                           \
     }
-TARGET(AVX512) INLINE void tile_i8_512(const int8_t *w, long cols, const int16_t *x, long xs, int ns, float *out) {
+TARGET(AVX512) INLINE void tile_i8_512(const int8_t *w, long cols, const int8_t *x, long xs, int ns,
+                                       const int32_t *row_sum, float *out) {
     DISPATCH_NS(tile_i8_512_n, 4)
 }
 TARGET(AVX512) INLINE void tile_f16_512(const uint16_t *w, long cols, const float *x, long xs, int ns, float *out) {
@@ -313,10 +331,17 @@ TARGET(AVX512) INLINE void tile_f16_512(const uint16_t *w, long cols, const floa
 TARGET(AVX512) INLINE void tile_f32_512(const float *w, long cols, const float *x, long xs, int ns, float *out) {
     DISPATCH_NS(tile_f32_512_n, 4)
 }
-TARGET(VNNI) INLINE void tile_i8_vnni(const int8_t *w, long cols, const int16_t *x, long xs, int ns, float *out) {
-    DISPATCH_NS(tile_i8_vnni_n, 4)
+TARGET(VNNI) INLINE void tile_i8_vnni(const int8_t *w, long cols, const int8_t *x, long xs, int ns,
+                                      const int32_t *row_sum, float *out) {
+    switch (ns) {
+    case 1: tile_i8_vnni_n(w, cols, x, xs, 1, row_sum, out); break;
+    case 2: tile_i8_vnni_n(w, cols, x, xs, 2, row_sum, out); break;
+    case 3: tile_i8_vnni_n(w, cols, x, xs, 3, row_sum, out); break;
+    default: tile_i8_vnni_n(w, cols, x, xs, 4, row_sum, out); break;
+    }
 }
-TARGET(AVX2) INLINE void tile_i8_256(const int8_t *w, long cols, const int16_t *x, long xs, int ns, float *out) {
+TARGET(AVX2) INLINE void tile_i8_256(const int8_t *w, long cols, const int8_t *x, long xs, int ns,
+                                     const int32_t *row_sum, float *out) {
     DISPATCH_NS(tile_i8_256_n, 2)
 }
 TARGET(AVX2) INLINE void tile_f16_256(const uint16_t *w, long cols, const float *x, long xs, int ns, float *out) {
@@ -401,15 +426,14 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
     long used = below ? 2 * hsz : hsz;
     float largest = 0.0f;
     for (long j = 0; j < used; j++) largest = fmaxf(largest, fabsf(scaled[j]));
-    /* int16 inputs up to 32767, less for very wide layers, so no int32 lane of a kernel can overflow
-       (AVX2 sums cols/8 products of 127 * limit per lane) */
-    float limit = fminf(32767.0f, floorf(2.0e9f * 8.0f / (127.0f * (float)cols)));
-    float scale = largest > 0.0f ? largest / limit : 1.0f, inverse = 1.0f / scale;
-    int16_t *xq = (int16_t *)x + (long)b * cols;
-    memset(xq + used, 0, (cols - used) * sizeof(int16_t));
-    for (long j = 0; j < used; j++) { /* round to nearest: |value| <= 32767 < 2^22 */
+    /* int8 inputs (-127..127): int8 x int8 products summed in int32 lanes stay exact for any width
+       a model has (a lane sums at most cols/8 of them), so every kernel set gets the same integers */
+    float scale = largest > 0.0f ? largest / 127.0f : 1.0f, inverse = 1.0f / scale;
+    int8_t *xq = (int8_t *)x + (long)b * cols;
+    memset(xq + used, 0, cols - used);
+    for (long j = 0; j < used; j++) { /* round to nearest: |value| <= 127 < 2^22 */
         float v = (scaled[j] * inverse + 12582912.0f) - 12582912.0f;
-        xq[j] = (int16_t)(int32_t)v;
+        xq[j] = (int8_t)(int32_t)v;
     }
     x_scale[b] = scale;
 }
@@ -431,7 +455,7 @@ static void note_fork(void) { forked_child = 1; }
 static int run_step(Engine *e, const StepArgs *a) {
     int batch = a->batch, cols_max = e->head_cols;
     for (int k = 0; k < e->layers; k++) cols_max = e->cols[k] > cols_max ? e->cols[k] : cols_max;
-    void *x = malloc((size_t)batch * cols_max * sizeof(float)); /* int16 (int8 layers) or fp32 inputs */
+    void *x = malloc((size_t)batch * cols_max * sizeof(float)); /* int8 (int8 layers) or fp32 inputs */
     float *scaled = malloc((size_t)batch * cols_max * sizeof(float)); /* int8: what x is rounded from */
     float *head_x = malloc((size_t)batch * e->head_cols * sizeof(float));
     float *x_scale = malloc((size_t)batch * sizeof(float));
@@ -501,6 +525,7 @@ static void engine_free(PyObject *capsule) {
     Engine *e = PyCapsule_GetPointer(capsule, "rnnlab.fast_step.Engine");
     if (!e) return;
     for (int i = 0; i < e->nviews; i++) PyBuffer_Release(&e->views[i]);
+    for (int k = 0; k < e->layers; k++) free(e->row_sum[k]);
     free(e);
 }
 
@@ -585,6 +610,18 @@ static PyObject *build(PyObject *self, PyObject *args) {
              !(e->col_scale[k] = keep_view(e, PyTuple_GET_ITEM(layer, 2), (Py_ssize_t)e->cols[k] * 4, "column scales")))) {
             Py_DECREF(capsule);
             return NULL;
+        }
+        if (weights == WEIGHTS_INT8) {
+            if (!(e->row_sum[k] = malloc((size_t)rows_padded * sizeof(int32_t)))) {
+                Py_DECREF(capsule);
+                return PyErr_NoMemory();
+            }
+            const int8_t *q = e->w[k];
+            for (int r = 0; r < rows_padded; r++) {
+                int32_t sum = 0;
+                for (int c = 0; c < e->cols[k]; c++) sum += q[(long)r * e->cols[k] + c];
+                e->row_sum[k][r] = sum;
+            }
         }
     }
     return capsule;

@@ -9,14 +9,14 @@ a quarter (int8) or half (fp16) of that.
 This module only lays the model's weights out the way the kernels read them:
   * one matrix per layer, S "slots" per hidden unit, rows unit-major (row = unit * S + slot), so a
     thread that owns a block of units computes their gates and their new state with no barrier;
-    columns [x ; h_previous], padded with zeros to a multiple of 32;
+    columns [x ; h_previous], padded with zeros to a multiple of 64;
     LSTM: S = 4 (i, f, g, o); GRU: S = 4 (r, z, then n's input term and its recurrent term apart,
     because the reset gate multiplies only the second); tanh-RNN: S = 1;
   * the first layer's input term (its W_ih times the token's embedding or one-hot, with biases)
     as a (V, S, H) table, slot-major, so the first layer's matrix holds only W_hh;
   * int8: W ~= diag(row) Q diag(col) with col_j = sqrt(max_i |W_ij|): the column scale evens the
     columns before each row is rounded (it halves the error of per-row rounding on trained
-    LSTMs), and is folded into the input vector, which the kernel rounds to int16 per stream;
+    LSTMs), and is folded into the input vector, which the kernel rounds to int8 per stream;
   * fp16: the weights rounded to half precision (10-bit mantissa); the output layer stays fp32.
 Its state is the model's own ((h, c) or (h,), each (L, B, H), as NumPy arrays), so beam search
 reorders it along dim 1 and a state from the model's forward continues here; prompts are read with
@@ -43,7 +43,7 @@ except ImportError:  # not built (no C compiler at install): the NumPy engine is
 
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}
 WEIGHTS = {"int8": 0, "fp16": 1}
-COLUMN_BLOCK = 32
+COLUMN_BLOCK = 64
 FP16_LARGEST = 65504.0
 F32 = np.float32
 
