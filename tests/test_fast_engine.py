@@ -268,3 +268,20 @@ def test_the_cli_and_the_server_give_the_same_seeded_completion_with_the_default
     client = TestClient(create_app([loaded], ServeConfig()), base_url="http://127.0.0.1")
     response = client.post("/v1/complete", json={"prompt": "ROMEO:", "length": 80, "seed": 3})
     assert len(by_cli) == 80 and by_cli == response.json()["completions"][0]["text"]
+
+
+def test_the_probe_is_four_seeded_texts_the_model_draws_itself():
+    """After token 0 and after three random 4-token prompts (odd contexts are where rounding strays most),
+    the same texts every time; scored along them, the exact engine is the model to 1e-5."""
+    from rnnlab.models.cpu_engine import step_engine
+    from rnnlab.sampling import PROBE_STEPS, gap_along, probe_texts
+
+    model = small_model(hidden=32, vocab=20)
+    texts, again = probe_texts(model), probe_texts(model)
+    assert [t.prime_ids for t in texts][0] == [0] and all(len(t.prime_ids) == 4 for t in texts[1:])
+    assert all(len(t.tokens) == PROBE_STEPS and t.probs.shape == (PROBE_STEPS, 20) for t in texts)
+    assert all(np.array_equal(a.tokens, b.tokens) for a, b in zip(texts, again, strict=True))
+    np.testing.assert_allclose(texts[0].probs.sum(axis=1), 1.0, atol=1e-9)
+    assert max(gap_along(step_engine(model, "fp32"), t) for t in texts) < 1e-5
+    assert max(gap_along(model, t) for t in texts) < 1e-5  # the reference is the model's own step
+    assert 0 < max(gap_along(fast_engine.FastStepEngine(model, "int8"), t) for t in texts) < ENGINE_TOLERANCE

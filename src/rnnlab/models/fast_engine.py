@@ -54,7 +54,7 @@ def available() -> bool:
 
 
 def cpu_kernels() -> str:
-    """The kernels this CPU runs: avx512, avx2 or generic (portable C)."""
+    """The kernels this CPU runs: avx512vnni, avx512, avx2 or generic (portable C)."""
     return _fast_step.isa() if _fast_step is not None else "none"
 
 
@@ -96,7 +96,6 @@ class FastStepEngine:
         if len(self.layer_weights) != self.num_layers or any(w not in WEIGHTS for w in self.layer_weights):
             raise ValueError(f"the compiled engine's weights must be int8 or fp16 (or one per layer), got {weights!r}")
         self.vocab_size, self.weights = model.vocab_size, weights_name(self.layer_weights)
-        self._model = model
         with torch.no_grad():
             layers = [[_numpy(t) for t in stack.layer_weights(k)] for k in range(self.num_layers)]
             table = _slot_major(self._first_layer_input(model, layers[0]), self.cell, self.hidden)
@@ -138,6 +137,8 @@ class FastStepEngine:
         model's fused forward on CPU at any length measured, and the probe that admitted this engine
         measured exactly such a run of steps.)"""
         tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise ValueError(f"prime reads a (streams, tokens) array of at least one token, got shape {tokens.shape}")
         state = state if state is not None else self.init_state(tokens.shape[0])
         logits = None
         for t in range(tokens.shape[1]):
