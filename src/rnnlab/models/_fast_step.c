@@ -452,15 +452,23 @@ static volatile int forked_child = 0;
 static void note_fork(void) { forked_child = 1; }
 #endif
 
+/* Up to this many streams, every thread builds its own copy of a layer's inputs (a few KB) instead
+   of its share of one shared copy: that spares a barrier per layer, which costs more than the copy. */
+#define PRIVATE_INPUTS 4
+
 static int run_step(Engine *e, const StepArgs *a) {
     int batch = a->batch, cols_max = e->head_cols;
     for (int k = 0; k < e->layers; k++) cols_max = e->cols[k] > cols_max ? e->cols[k] : cols_max;
-    void *x = malloc((size_t)batch * cols_max * sizeof(float)); /* int8 (int8 layers) or fp32 inputs */
-    float *scaled = malloc((size_t)batch * cols_max * sizeof(float)); /* int8: what x is rounded from */
-    float *head_x = malloc((size_t)batch * e->head_cols * sizeof(float));
-    float *x_scale = malloc((size_t)batch * sizeof(float));
+    int private_inputs = batch <= PRIVATE_INPUTS, copies = private_inputs ? (a->threads > 1 ? a->threads : 1) : 1;
+    size_t per_copy = (size_t)batch * cols_max;
+    void *x = malloc(copies * per_copy * sizeof(float)); /* int8 (int8 layers) or fp32 inputs */
+    float *scaled = malloc(copies * per_copy * sizeof(float)); /* int8: what x is rounded from */
+    float *x_scale = malloc(copies * (size_t)batch * sizeof(float));
+    /* the output layer reads the top layer's h in place where no column padding is needed */
+    int head_in_place = e->head_cols == e->hidden;
+    float *head_x = head_in_place ? NULL : malloc((size_t)batch * e->head_cols * sizeof(float));
     float *pre = malloc((size_t)batch * e->rows * sizeof(float));
-    if (!x || !scaled || !head_x || !x_scale || !pre) {
+    if (!x || !scaled || (!head_in_place && !head_x) || !x_scale || !pre) {
         free(x), free(scaled), free(head_x), free(x_scale), free(pre);
         return -1;
     }
@@ -478,15 +486,21 @@ static int run_step(Engine *e, const StepArgs *a) {
         int u0, u1, b0, b1;
         share(e->hidden, e->slots == 1 ? 4 : 1, thread, threads, &u0, &u1);
         share(batch, 1, thread, threads, &b0, &b1);
+        int copy = private_inputs && thread < copies ? thread : 0;
+        void *my_x = (char *)x + copy * per_copy * sizeof(float);
+        float *my_scaled = scaled + copy * per_copy, *my_scale = x_scale + (size_t)copy * batch;
+        int first = private_inputs ? 0 : b0, last = private_inputs ? batch : b1;
         double t0 = 0, t1 = 0;
         for (int k = 0; k < e->layers; k++) {
             if (thread == 0 && e->profiling) t0 = now();
-            for (int b = b0; b < b1; b++) layer_input(e, k, b, batch, a->h_old, a->h_new, x, scaled, x_scale);
+            for (int b = first; b < last; b++) layer_input(e, k, b, batch, a->h_old, a->h_new, my_x, my_scaled, my_scale);
 #ifdef _OPENMP
+            if (!private_inputs) {
 #pragma omp barrier
+            }
 #endif
             if (thread == 0 && e->profiling) t1 = now(), spent[0] += t1 - t0;
-            Product p = {e, k, e->w[k], e->cols[k], x, e->cols[k], x_scale, a->tokens, pre, batch};
+            Product p = {e, k, e->w[k], e->cols[k], my_x, e->cols[k], my_scale, a->tokens, pre, batch};
             rows(e, &p, u0 * e->slots, u1 * e->slots);
             if (thread == 0 && e->profiling) t0 = now(), spent[1] += t0 - t1;
             for (int b = 0; b < batch; b++) {
@@ -500,17 +514,21 @@ static int run_step(Engine *e, const StepArgs *a) {
 #endif
         }
         if (thread == 0 && e->profiling) t0 = now();
-        for (int b = b0; b < b1; b++) {
-            float *hx = head_x + (long)b * e->head_cols;
-            memset(hx, 0, e->head_cols * sizeof(float));
-            memcpy(hx, a->h_new + ((long)(e->layers - 1) * batch + b) * hsz, hsz * sizeof(float));
-        }
+        const float *top = a->h_new + (long)(e->layers - 1) * batch * hsz;
+        if (!head_in_place) {
+            for (int b = b0; b < b1; b++) {
+                float *hx = head_x + (long)b * e->head_cols;
+                memset(hx, 0, e->head_cols * sizeof(float));
+                memcpy(hx, top + (long)b * hsz, hsz * sizeof(float));
+            }
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
+        }
         int v0, v1;
         share(e->vocab, 4, thread, threads, &v0, &v1);
-        Product head = {e, -1, e->head_w, e->head_cols, head_x, e->head_cols, NULL, a->tokens, a->logits, batch};
+        Product head = {e, -1, e->head_w, e->head_cols, head_in_place ? top : head_x, e->head_cols, NULL,
+                        a->tokens, a->logits, batch};
         rows(e, &head, v0, v1);
         if (thread == 0 && e->profiling) spent[3] += now() - t0;
     }
