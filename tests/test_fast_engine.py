@@ -164,6 +164,7 @@ def test_the_weights_are_tried_fastest_first():
     assert fast_engine.weight_ladder(2) == [("int8", "int8"), ("fp16", "int8"), ("fp16", "fp16")]
     assert [fast_engine.weights_name(w) for w in fast_engine.weight_ladder(4)] == [
         "int8", "fp16+int8+int8+int8", "fp16+fp16+int8+int8", "fp16"]
+    assert fast_engine.weight_ladder(3, fp16=False) == [("int8",) * 3]
     model = small_model(layers=2)
     assert fast_engine.FastStepEngine(model, ("fp16", "int8")).weights == "fp16+int8"
     with pytest.raises(ValueError, match="one per layer"):

@@ -405,7 +405,8 @@ def accurate_engine(model, share_weights: bool = False, tolerance: float = ENGIN
 
     gaps, texts = {}, None
     compiled = fast_engine.supports(model)
-    for weights in fast_engine.weight_ladder(model.layers.num_layers) if compiled else [("int8",)]:
+    ladder = fast_engine.weight_ladder(model.layers.num_layers, fast_engine.fp16_is_fast()) if compiled else None
+    for weights in ladder or [("int8",)]:
         engine = cpu_engine(model, weights if compiled else "int8", share_weights)
         name = fast_engine.weights_name(weights)
         if engine.weights != name:  # (no quantized kernels in this torch, or beyond fp16's range)

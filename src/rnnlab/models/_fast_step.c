@@ -107,12 +107,17 @@ INLINE void tile_i8_generic(const int8_t *w, long cols, const int8_t *x, long xs
                             float *out) {
     for (int s = 0; s < ns; s++)
         for (int r = 0; r < 4; r++) {
-            int64_t acc = 0;
-            for (long c = 0; c < cols; c++) acc += (int32_t)w[r * cols + c] * (int32_t)x[s * xs + c];
+            int32_t acc = 0; /* exact: |sum| <= cols * 127 * 127 */
+            for (long c = 0; c < cols; c++) acc += (int16_t)w[r * cols + c] * (int16_t)x[s * xs + c];
             out[s * 4 + r] = (float)acc;
         }
 }
 INLINE float half_to_float(uint16_t h) {
+#if defined(__aarch64__)
+    __fp16 half;
+    memcpy(&half, &h, sizeof(half));
+    return (float)half; /* one instruction on ARM */
+#else
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
     union { uint32_t u; float f; } v;
     if (exponent == 0) { /* zero or subnormal */
@@ -122,6 +127,7 @@ INLINE float half_to_float(uint16_t h) {
     }
     v.u = sign | ((exponent == 31 ? 255 : exponent + 112) << 23) | (mantissa << 13);
     return v.f;
+#endif
 }
 INLINE void tile_f16_generic(const uint16_t *w, long cols, const float *x, long xs, int ns, float *out) {
     for (int s = 0; s < ns; s++)

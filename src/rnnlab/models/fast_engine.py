@@ -167,11 +167,21 @@ def weights_name(layer_weights: Sequence[str]) -> str:
     return layer_weights[0] if len(set(layer_weights)) == 1 else "+".join(layer_weights)
 
 
-def weight_ladder(num_layers: int) -> list[tuple[str, ...]]:
+def weight_ladder(num_layers: int, fp16: bool = True) -> list[tuple[str, ...]]:
     """The weights to try, fastest first: int8 everywhere, then fp16 for the first layer, then the first
     two (the lowest layers' rounding errors travel through every layer above; they stray most), then
-    fp16 everywhere."""
-    return [("fp16",) * j + ("int8",) * (num_layers - j) for j in sorted({0, 1, 2, num_layers}) if j <= num_layers]
+    fp16 everywhere. Without `fp16`, int8 alone."""
+    rungs = sorted({0, 1, 2, num_layers}) if fp16 else [0]
+    return [("fp16",) * j + ("int8",) * (num_layers - j) for j in rungs if j <= num_layers]
+
+
+def fp16_is_fast() -> bool:
+    """Whether this CPU widens fp16 in hardware for the compiled step: x86 with AVX2 (F16C) or AVX-512,
+    or ARM. On older x86 the portable kernels convert fp16 in software, slower than NumPy's fp32
+    engine (580 against 3,000 chars/s on the 2x512 LSTM), so the default does not offer it there."""
+    import platform
+
+    return cpu_kernels() not in ("generic", "none") or platform.machine().lower() in ("aarch64", "arm64")
 
 
 def _packed(matrix: np.ndarray, weights: str) -> tuple:
