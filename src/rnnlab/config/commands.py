@@ -30,9 +30,9 @@ class SampleConfig:
     seed: int = setting(0, "random seed: the same seed gives the same text on the same machine")
     fast: bool = setting(True, "use the single-step engine on CPU (--no-fast steps with the model's torch code)")
     engine_weights: str = setting("auto", "weights of the CPU engine: auto (the fastest whose next-token "
-                                          "probabilities a short probe on this checkpoint finds within 1e-2 of the "
-                                          "fp32 model's: compiled int8, then compiled fp16, else exact fp32, said "
-                                          "once), int8 (fastest, unchecked), fp16 (the compiled step, half the "
+                                          "probabilities a probe on this checkpoint finds within 1e-2 of the fp32 "
+                                          "model's: compiled int8, then fp16 for the lowest layer(s), then fp16, "
+                                          "else exact fp32, said once), int8 (fastest, unchecked), fp16 (the compiled step, half the "
                                           "memory of fp32, unchecked) or fp32 (exact: the same text as --no-fast "
                                           "for a seed)", choices=("auto", "int8", "fp16", "fp32"),
                                   needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))
