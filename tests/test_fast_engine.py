@@ -217,6 +217,11 @@ def test_a_checkpoint_where_fp16_strays_too_is_sampled_exactly_saying_so(caplog)
         model.layers.weight_hh_l0[1, 0] = 70000.0
     with pytest.raises(ValueError, match="fp16's range"):
         fast_engine.FastStepEngine(model, "fp16")
+    # ... and the default skips the fp16 rungs, saying so, rather than failing
+    caplog.clear()
+    engine = make_stepper(model, SampleConfig())
+    assert engine.weights == "fp32" and "fp16" not in engine.probe_gaps and "int8" in engine.probe_gaps
+    assert "cannot hold this model in fp16+int8" in caplog.text or "cannot hold this model in fp16" in caplog.text
 
 
 def test_asked_weights_are_used_and_models_it_cannot_run_get_the_numpy_engine(caplog):

@@ -353,12 +353,15 @@ def cpu_engine(model, weights, share_weights: bool = False):
     from rnnlab.models import fast_engine
     from rnnlab.models.cpu_engine import step_engine
 
-    if (weights in fast_engine.WEIGHTS or not isinstance(weights, str)) and fast_engine.supports(model):
+    compiled = weights in fast_engine.WEIGHTS or not isinstance(weights, str)  # (or one of them per layer)
+    if compiled and fast_engine.supports(model):
         try:
             return fast_engine.FastStepEngine(model, weights)
         except ValueError as error:  # (fp16: weights beyond its range)
-            log.warning("warning: the compiled %s engine cannot hold this model (%s)", weights, error)
-    if weights == "fp16":
+            log.warning("warning: the compiled engine cannot hold this model in %s (%s): sampling with exact fp32 "
+                        "weights", fast_engine.weights_name(weights) if compiled else weights, error)
+            return step_engine(model, "fp32", share_weights)
+    if weights == "fp16" or not isinstance(weights, str):
         log.warning("warning: fp16 weights need the compiled step (%s): sampling with exact fp32 weights",
                     fast_engine.why_not(model))
         weights = "fp32"
