@@ -75,6 +75,36 @@ def test_every_kernel_set_follows_the_model_step(cell, weights, embedding, layer
         np.testing.assert_allclose(logits, results["generic"], atol=2e-5, rtol=0, err_msg=kernels)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_learned_initial_state_is_where_the_engine_starts(cell):
+    """The paper's learned initial state: the engine starts from the model's, not from zeros."""
+    torch.manual_seed(3)
+    model = RecurrentLM(ModelConfig(cell=cell, num_layers=2, hidden_size=32, embedding_size=8), 19,
+                        learned_initial_state=True).eval()
+    with torch.no_grad():
+        for p in model.initial_state:
+            p.uniform_(-0.9, 0.9)
+    engine = fast_engine.FastStepEngine(model, "fp16")
+    for ours, theirs in zip(engine.init_state(3), model.init_state(3, torch.device("cpu")), strict=True):
+        np.testing.assert_array_equal(ours, theirs.detach().numpy())
+    logit_gap, state_gap, _ = follow(model, engine)
+    assert logit_gap < LOGIT_TOLERANCE["fp16"] and state_gap < LOGIT_TOLERANCE["fp16"]
+
+
+def test_overlapping_buffers_sizes_beyond_the_kernels_and_bad_states_are_refused_or_contained():
+    engine = fast_engine.FastStepEngine(small_model(vocab=23), "int8")
+    h, c = engine.init_state(1)
+    logits = np.empty((1, 23), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        fast_engine._fast_step.step(engine._engine, np.array([1]), h, c, h, c, logits, 1)  # new h is the old h
+    h_new, c_new = np.empty_like(h), np.empty_like(c)
+    nan = np.full_like(h, np.nan)
+    fast_engine._fast_step.step(engine._engine, np.array([1]), nan, c, h_new, c_new, logits, 1)  # no crash
+    with pytest.raises(ValueError, match="unsupported engine shape"):
+        fast_engine._fast_step.build(0, "auto", 1 << 15, 10, np.zeros(1, np.float32), np.zeros(1, np.float32),
+                                     np.zeros(1, np.float32), ((np.zeros(1, np.int8), None, None, np.zeros(1)),))
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_a_batch_of_streams_steps_each_stream_as_it_would_alone(cell):
     """Five streams in one call (tiles of several streams, a partial one) give each stream the logits

@@ -434,11 +434,14 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
     for (long j = 0; j < used; j++) largest = fmaxf(largest, fabsf(scaled[j]));
     /* int8 inputs (-127..127): int8 x int8 products summed in int32 lanes stay exact for any width
        a model has (a lane sums at most cols/8 of them), so every kernel set gets the same integers */
-    float scale = largest > 0.0f ? largest / 127.0f : 1.0f, inverse = 1.0f / scale;
+    /* (a state of NaN, infinities or all but zero gets scale 1 and clamped values, never an undefined
+       float-to-int conversion) */
+    float scale = largest > 1e-30f && isfinite(largest) ? largest / 127.0f : 1.0f, inverse = 1.0f / scale;
     int8_t *xq = (int8_t *)x + (long)b * cols;
     memset(xq + used, 0, cols - used);
     for (long j = 0; j < used; j++) { /* round to nearest: |value| <= 127 < 2^22 */
-        float v = (scaled[j] * inverse + 12582912.0f) - 12582912.0f;
+        float v = fminf(fmaxf(scaled[j] * inverse, -127.0f), 127.0f);
+        v = (v + 12582912.0f) - 12582912.0f;
         xq[j] = (int8_t)(int32_t)v;
     }
     x_scale[b] = scale;
@@ -448,7 +451,7 @@ typedef struct {
     const int64_t *tokens;
     const float *h_old, *c_old;
     float *h_new, *c_new, *logits;
-    int batch, threads;
+    int batch, threads, profiling;
 } StepArgs;
 
 /* GNU OpenMP's thread pool does not survive fork(): a forked child that opened a parallel region
@@ -462,8 +465,8 @@ static void note_fork(void) { forked_child = 1; }
    of its share of one shared copy: that spares a barrier per layer, which costs more than the copy. */
 #define PRIVATE_INPUTS 4
 
-static int run_step(Engine *e, const StepArgs *a) {
-    int batch = a->batch, cols_max = e->head_cols;
+static int run_step(Engine *e, const StepArgs *a, double *spent) {
+    int batch = a->batch, cols_max = e->head_cols, profiling = a->profiling;
     for (int k = 0; k < e->layers; k++) cols_max = e->cols[k] > cols_max ? e->cols[k] : cols_max;
     int private_inputs = batch <= PRIVATE_INPUTS, copies = private_inputs ? (a->threads > 1 ? a->threads : 1) : 1;
     size_t per_copy = (size_t)batch * cols_max;
@@ -478,7 +481,6 @@ static int run_step(Engine *e, const StepArgs *a) {
         free(x), free(scaled), free(head_x), free(x_scale), free(pre);
         return -1;
     }
-    double spent[PROFILE_PARTS] = {0};
     long hsz = e->hidden;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(forked_child ? 1 : a->threads) if (!forked_child && a->threads > 1)
@@ -498,28 +500,28 @@ static int run_step(Engine *e, const StepArgs *a) {
         int first = private_inputs ? 0 : b0, last = private_inputs ? batch : b1;
         double t0 = 0, t1 = 0;
         for (int k = 0; k < e->layers; k++) {
-            if (thread == 0 && e->profiling) t0 = now();
+            if (thread == 0 && profiling) t0 = now();
             for (int b = first; b < last; b++) layer_input(e, k, b, batch, a->h_old, a->h_new, my_x, my_scaled, my_scale);
 #ifdef _OPENMP
             if (!private_inputs) {
 #pragma omp barrier
             }
 #endif
-            if (thread == 0 && e->profiling) t1 = now(), spent[0] += t1 - t0;
+            if (thread == 0 && profiling) t1 = now(), spent[0] += t1 - t0;
             Product p = {e, k, e->w[k], e->cols[k], my_x, e->cols[k], my_scale, a->tokens, pre, batch};
             rows(e, &p, u0 * e->slots, u1 * e->slots);
-            if (thread == 0 && e->profiling) t0 = now(), spent[1] += t0 - t1;
+            if (thread == 0 && profiling) t0 = now(), spent[1] += t0 - t1;
             for (int b = 0; b < batch; b++) {
                 long at = ((long)k * batch + b) * hsz;
                 gates(e, pre + (long)b * e->rows, a->h_old + at, e->cell == CELL_LSTM ? a->c_old + at : NULL,
                       a->h_new + at, e->cell == CELL_LSTM ? a->c_new + at : NULL, u0, u1);
             }
-            if (thread == 0 && e->profiling) spent[2] += now() - t0;
+            if (thread == 0 && profiling) spent[2] += now() - t0;
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
         }
-        if (thread == 0 && e->profiling) t0 = now();
+        if (thread == 0 && profiling) t0 = now();
         const float *top = a->h_new + (long)(e->layers - 1) * batch * hsz;
         if (!head_in_place) {
             for (int b = b0; b < b1; b++) {
@@ -536,9 +538,8 @@ static int run_step(Engine *e, const StepArgs *a) {
         Product head = {e, -1, e->head_w, e->head_cols, head_in_place ? top : head_x, e->head_cols, NULL,
                         a->tokens, a->logits, batch};
         rows(e, &head, v0, v1);
-        if (thread == 0 && e->profiling) spent[3] += now() - t0;
+        if (thread == 0 && profiling) spent[3] += now() - t0;
     }
-    for (int i = 0; i < PROFILE_PARTS; i++) e->profile[i] += spent[i];
     free(x), free(scaled), free(head_x), free(x_scale), free(pre);
     return 0;
 }
@@ -571,7 +572,8 @@ static int cpu_isa(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
         return __builtin_cpu_supports("avx512vnni") ? ISA_AVX512_VNNI : ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return ISA_AVX2;
 #endif
     return ISA_GENERIC;
 }
@@ -595,8 +597,9 @@ static PyObject *build(PyObject *self, PyObject *args) {
     Py_ssize_t count = PyTuple_GET_SIZE(layers);
     int isa = strcmp(isa_name, "auto") == 0 ? cpu_isa() : isa_named(isa_name);
     if (isa < 0 || isa > cpu_isa()) return PyErr_Format(PyExc_ValueError, "this CPU cannot run the %s kernels", isa_name);
-    if (cell < CELL_LSTM || cell > CELL_RNN || hidden < 1 ||
-        vocab < 1 || count < 1 || count > MAX_LAYERS)
+    /* (bounds that keep every size below in int, and the int8 sums in int32) */
+    if (cell < CELL_LSTM || cell > CELL_RNN || hidden < 1 || hidden > (1 << 14) || vocab < 1 || vocab > (1 << 28) ||
+        count < 1 || count > MAX_LAYERS)
         return PyErr_Format(PyExc_ValueError, "unsupported engine shape");
     Engine *e = calloc(1, sizeof(Engine));
     if (!e) return PyErr_NoMemory();
@@ -701,12 +704,25 @@ static PyObject *step(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "token %lld is outside the vocabulary of %d", (long long)tokens[b], e->vocab);
             goto done;
         }
+    /* the outputs are written while the inputs are still read (by other threads): none may overlap */
+    for (int i = 2; i < 5; i++)
+        for (int j = -1; j < 5; j++) {
+            if (!ptr[i] || j == i || (j >= 0 && !ptr[j])) continue;
+            const char *p0 = ptr[i], *q0 = j < 0 ? (const char *)tokens : ptr[j];
+            Py_ssize_t qn = j < 0 ? batch * 8 : sizes[j];
+            if (p0 < q0 + qn && q0 < p0 + sizes[i]) {
+                PyErr_Format(PyExc_ValueError, "%s overlaps %s", names[i], j < 0 ? "the tokens" : names[j]);
+                goto done;
+            }
+        }
     StepArgs a = {tokens, ptr[0], ptr[1], (float *)ptr[2], (float *)ptr[3], (float *)ptr[4], (int)batch,
-                  threads < 1 ? 1 : threads};
+                  threads < 1 ? 1 : threads, e->profiling};
+    double spent[PROFILE_PARTS] = {0};
     int failed;
     Py_BEGIN_ALLOW_THREADS
-    failed = run_step(e, &a);
+    failed = run_step(e, &a, spent);
     Py_END_ALLOW_THREADS
+    for (int i = 0; i < PROFILE_PARTS; i++) e->profile[i] += spent[i]; /* (with the GIL held again) */
     if (failed) {
         PyErr_NoMemory();
         goto done;

@@ -96,6 +96,7 @@ class FastStepEngine:
         if len(self.layer_weights) != self.num_layers or any(w not in WEIGHTS for w in self.layer_weights):
             raise ValueError(f"the compiled engine's weights must be int8 or fp16 (or one per layer), got {weights!r}")
         self.vocab_size, self.weights = model.vocab_size, weights_name(self.layer_weights)
+        self._model = model  # (for its initial state, learned or zero)
         with torch.no_grad():
             layers = [[_numpy(t) for t in stack.layer_weights(k)] for k in range(self.num_layers)]
             table = _slot_major(self._first_layer_input(model, layers[0]), self.cell, self.hidden)
@@ -129,8 +130,9 @@ class FastStepEngine:
     # --- the stepper interface --------------------------------------------------------------------
 
     def init_state(self, batch_size: int, device=None):
-        shape = (self.num_layers, batch_size, self.hidden)
-        return tuple(np.zeros(shape, F32) for _ in range(2 if self.cell == "lstm" else 1))
+        """The model's own initial state (zeros, or the learned one) for `batch_size` streams."""
+        with torch.no_grad():
+            return tuple(_numpy(t).copy() for t in self._model.init_state(batch_size, torch.device("cpu")))
 
     def prime(self, tokens, state=None):
         """Read a prompt (B, T) with the engine's own steps; the last logits and the state. (Faster than the
