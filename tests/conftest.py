@@ -40,6 +40,31 @@ def tiny_config(checkpoint_dir, data=None, cell="lstm", max_steps=20, **train_ov
                      TrainConfig(**train))
 
 
+def saturated_unit_model(weight: float, crowded_rows: bool = False, seed: int = 0):
+    """A crafted checkpoint: hidden unit 0 is held near 1 (its gates saturated by their biases) and every
+    recurrent row gives it `weight`, taken back by that row's bias. The fp32 model barely sees it; a
+    weight format that cannot hold `weight` exactly, or whose row scale grows with it, sees a lot. With
+    `crowded_rows`, every row's weights on units 1-3 are also made 40x larger, so no column scale can
+    even a row's range out (its largest weight sets it)."""
+    from rnnlab.models.lm import RecurrentLM
+
+    torch.manual_seed(seed)
+    model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=64, embedding_size=16, dropout=0.0), 30).eval()
+    hidden = 64
+    with torch.no_grad():
+        for gate in range(4):  # i, f, g, o of unit 0: driven by their biases alone
+            model.layers.weight_ih_l0[gate * hidden].zero_()
+            model.layers.weight_hh_l0[gate * hidden].zero_()
+            model.layers.bias_l0[gate * hidden] = 20.0
+        others = [row for row in range(4 * hidden) if row % hidden != 0]
+        model.layers.weight_hh_l0[others, 0] = weight
+        model.layers.bias_l0[others] -= weight
+        if crowded_rows:
+            model.layers.weight_hh_l0[others, 1:4] *= 40.0
+        model.head.weight.mul_(8.0)  # (a distribution with some shape to it)
+    return model
+
+
 def rewrite_checkpoint(file, edit, checksum=True) -> None:
     """A crafted checkpoint: `edit(document, tensors)` changes a real one in place; its checksum is
     recomputed unless told not to (so the later checks are reached)."""

@@ -134,20 +134,11 @@ def test_a_checkpoint_where_int8_strays_falls_back_to_the_exact_engine(caplog, n
     saying so."""
     import logging
 
+    from conftest import saturated_unit_model
+
     from rnnlab.sampling import ENGINE_TOLERANCE, make_stepper
 
-    torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=64, embedding_size=16, dropout=0.0), 30).eval()
-    hidden = 64
-    with torch.no_grad():
-        for gate in range(4):  # i, f, g, o of unit 0: driven by their biases alone
-            model.layers.weight_ih_l0[gate * hidden].zero_()
-            model.layers.weight_hh_l0[gate * hidden].zero_()
-            model.layers.bias_l0[gate * hidden] = 20.0
-        others = [row for row in range(4 * hidden) if row % hidden != 0]
-        model.layers.weight_hh_l0[others, 0] = 100.0
-        model.layers.bias_l0[others] -= 100.0
-        model.head.weight.mul_(8.0)  # (a distribution with some shape to it)
+    model = saturated_unit_model(100.0)
     insisted = make_stepper(model, SampleConfig(engine_weights="int8"))
     if insisted.weights != "int8":
         pytest.skip("this torch build has no quantized CPU kernels")

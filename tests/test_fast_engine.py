@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import saturated_unit_model
 
 from rnnlab.config import ModelConfig, SampleConfig
 from rnnlab.models import fast_engine
@@ -201,30 +202,8 @@ def test_the_weights_are_tried_fastest_first():
         fast_engine.FastStepEngine(model, ("fp16",))
 
 
-def saturated_unit_model(weight: float, seed: int = 0) -> RecurrentLM:
-    """A crafted checkpoint: hidden unit 0 is held near 1 (its gates saturated by their biases) and every
-    recurrent row gives it `weight`, taken back by that row's bias. The fp32 model barely sees it; a
-    weight format that cannot hold `weight` exactly, or whose row scale grows with it, sees a lot."""
-    torch.manual_seed(seed)
-    model = RecurrentLM(ModelConfig(num_layers=1, hidden_size=64, embedding_size=16, dropout=0.0), 30).eval()
-    hidden = 64
-    with torch.no_grad():
-        for gate in range(4):  # i, f, g, o of unit 0: driven by their biases alone
-            model.layers.weight_ih_l0[gate * hidden].zero_()
-            model.layers.weight_hh_l0[gate * hidden].zero_()
-            model.layers.bias_l0[gate * hidden] = 20.0
-        others = [row for row in range(4 * hidden) if row % hidden != 0]
-        model.layers.weight_hh_l0[others, 0] = weight
-        model.layers.bias_l0[others] -= weight
-        # every row's other weights also get one large entry on unit 0's neighbours, so no column scale
-        # can even them out (a row's range is set by its largest weight)
-        model.layers.weight_hh_l0[others, 1:4] *= 40.0
-        model.head.weight.mul_(8.0)  # (a distribution with some shape to it)
-    return model
-
-
 def test_a_checkpoint_where_int8_strays_is_sampled_with_fp16_saying_so(caplog):
-    model = saturated_unit_model(100.0)
+    model = saturated_unit_model(100.0, crowded_rows=True)
     assert largest_probability_gap(model, fast_engine.FastStepEngine(model, "int8"), [0], steps=200) > ENGINE_TOLERANCE
     caplog.set_level(logging.INFO, logger="rnnlab")
     engine = make_stepper(model, SampleConfig())
@@ -235,7 +214,7 @@ def test_a_checkpoint_where_int8_strays_is_sampled_with_fp16_saying_so(caplog):
 
 def test_a_checkpoint_where_fp16_strays_too_is_sampled_exactly_saying_so(caplog):
     """3001 is no fp16 number (it rounds to 3000): unit 0's pull is then off by its whole value."""
-    model = saturated_unit_model(3001.0)
+    model = saturated_unit_model(3001.0, crowded_rows=True)
     caplog.set_level(logging.WARNING, logger="rnnlab")
     engine = make_stepper(model, SampleConfig())
     assert engine.weights == "fp32" and min(engine.probe_gaps.values()) > ENGINE_TOLERANCE

@@ -152,7 +152,7 @@ INLINE void tile_f32_generic(const float *w, long cols, const float *x, long xs,
 #define VNNI AVX512 ",avx512vnni"
 
 /* NS streams at a time (a constant after inlining): each weight vector loaded once serves all */
-#define TILE_LOOP_512(NS, LOAD_W, LOAD_X, STEP, ACC_T, ZERO, MAC, REDUCE)                                   \
+#define TILE_LOOP(NS, LOAD_W, LOAD_X, STEP, ACC_T, ZERO, MAC, REDUCE)                                   \
     ACC_T acc[4][4];                                                                                         \
     for (int r = 0; r < 4; r++)                                                                              \
         for (int s = 0; s < NS; s++) acc[r][s] = ZERO;                                                       \
@@ -176,7 +176,7 @@ TARGET(AVX512) INLINE void tile_i8_512_n(const int8_t *w, long cols, const int8_
                                          float *out) {
 #define LW(r) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + (r) * cols + c)))
 #define LX(s) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(x + (s) * xs + c)))
-    TILE_LOOP_512(NS, LW, LX, 32, __m512i, _mm512_setzero_si512(), madd16_512, sum_i32_512)
+    TILE_LOOP(NS, LW, LX, 32, __m512i, _mm512_setzero_si512(), madd16_512, sum_i32_512)
 #undef LW
 #undef LX
 }
@@ -202,7 +202,7 @@ TARGET(AVX512) INLINE void tile_f16_512_n(const uint16_t *w, long cols, const fl
                                           float *out) {
 #define LW(r) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + (r) * cols + c)))
 #define LX(s) _mm512_loadu_ps(x + (s) * xs + c)
-    TILE_LOOP_512(NS, LW, LX, 16, __m512, _mm512_setzero_ps(), fma_512, _mm512_reduce_add_ps)
+    TILE_LOOP(NS, LW, LX, 16, __m512, _mm512_setzero_ps(), fma_512, _mm512_reduce_add_ps)
 #undef LW
 #undef LX
 }
@@ -210,7 +210,7 @@ TARGET(AVX512) INLINE void tile_f32_512_n(const float *w, long cols, const float
                                           float *out) {
 #define LW(r) _mm512_loadu_ps(w + (r) * cols + c)
 #define LX(s) _mm512_loadu_ps(x + (s) * xs + c)
-    TILE_LOOP_512(NS, LW, LX, 16, __m512, _mm512_setzero_ps(), fma_512, _mm512_reduce_add_ps)
+    TILE_LOOP(NS, LW, LX, 16, __m512, _mm512_setzero_ps(), fma_512, _mm512_reduce_add_ps)
 #undef LW
 #undef LX
 }
@@ -236,7 +236,7 @@ TARGET(AVX2) INLINE void tile_i8_256_n(const int8_t *w, long cols, const int8_t 
                                        float *out) {
 #define LW(r) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + (r) * cols + c)))
 #define LX(s) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + (s) * xs + c)))
-    TILE_LOOP_512(NS, LW, LX, 16, __m256i, _mm256_setzero_si256(), madd16_256, sum_i32_256)
+    TILE_LOOP(NS, LW, LX, 16, __m256i, _mm256_setzero_si256(), madd16_256, sum_i32_256)
 #undef LW
 #undef LX
 }
@@ -244,7 +244,7 @@ TARGET(AVX2) INLINE void tile_f16_256_n(const uint16_t *w, long cols, const floa
                                         float *out) {
 #define LW(r) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + (r) * cols + c)))
 #define LX(s) _mm256_loadu_ps(x + (s) * xs + c)
-    TILE_LOOP_512(NS, LW, LX, 8, __m256, _mm256_setzero_ps(), fma_256, sum_f32_256)
+    TILE_LOOP(NS, LW, LX, 8, __m256, _mm256_setzero_ps(), fma_256, sum_f32_256)
 #undef LW
 #undef LX
 }
@@ -252,7 +252,7 @@ TARGET(AVX2) INLINE void tile_f32_256_n(const float *w, long cols, const float *
                                         float *out) {
 #define LW(r) _mm256_loadu_ps(w + (r) * cols + c)
 #define LX(s) _mm256_loadu_ps(x + (s) * xs + c)
-    TILE_LOOP_512(NS, LW, LX, 8, __m256, _mm256_setzero_ps(), fma_256, sum_f32_256)
+    TILE_LOOP(NS, LW, LX, 8, __m256, _mm256_setzero_ps(), fma_256, sum_f32_256)
 #undef LW
 #undef LX
 }

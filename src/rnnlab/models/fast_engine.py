@@ -42,7 +42,7 @@ except ImportError:  # not built (no C compiler at install): the NumPy engine is
     _fast_step = None
 
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}
-WEIGHTS = {"int8": 0, "fp16": 1}
+WEIGHTS = ("int8", "fp16")
 COLUMN_BLOCK = 64
 FP16_LARGEST = 65504.0
 F32 = np.float32
