@@ -1,9 +1,10 @@
 """(b) Sampling throughput of a 2x512 LSTM (embedding 128, V = 65), through rnnlab's one sampler.
 
 Prints characters/s, each the median of `--repeats` runs with its range (runs interleaved):
-  * single stream, progressive, with each CPU engine: the compiled step (fast_engine: int8, fp16 for
-    the first layer and int8 above, fp16), the NumPy engine (cpu_engine: fbgemm int8 and exact fp32);
-    the one `rnnlab sample` picks by default is the fastest whose probe on this checkpoint is within 1e-2;
+  * single stream, progressive, with each CPU engine: the compiled step (fast_engine: int8, int12 or
+    fp16 for the first layer and int8 above, int12, fp16), the NumPy engine (cpu_engine: fbgemm int8
+    and exact fp32); the one `rnnlab sample` picks by default is the fastest whose probe on this
+    checkpoint is within 1e-2 (int12 is tried only for one or two streams on AVX-512 VNNI);
   * single stream, progressive, through the model's own torch step (--no-fast), for reference;
   * 64 streams generated as one batch (--num-samples 64), counting every stream's characters;
   * single stream, windowed: every character re-reads the last 100 characters (Algorithm 4).
@@ -144,21 +145,23 @@ def main():
     from rnnlab.models.cpu_engine import step_engine
 
     engines = {}
-    if fast_engine.supports(model):  # every rung the default may choose, fastest first
-        for weights in fast_engine.weight_ladder(model.layers.num_layers):
+    if fast_engine.supports(model):  # every rung the default may choose (with int12 or without), fastest first
+        layers = model.layers.num_layers
+        for weights in fast_engine.weight_ladder(layers, int12=True) + fast_engine.weight_ladder(layers)[1:-1]:
             engine = fast_engine.FastStepEngine(model, weights)
             engines[f"compiled {engine.weights}"] = engine
     engines["numpy int8"] = step_engine(model, "int8")
     engines["numpy fp32"] = step_engine(model, "fp32")
     chosen = make_stepper(model, SampleConfig())  # the default: the fastest within 1e-2 on this checkpoint
+    chosen_many = make_stepper(model, SampleConfig(num_samples=64))  # (int12 is not tried for many streams)
     gaps = ", ".join(f"{w} {g:.2e}" for w, g in getattr(chosen, "probe_gaps", {}).items())
     print(f"machine: {machine()}")
     print(f"compiled step: {'kernels ' + fast_engine.cpu_kernels() if fast_engine.available() else 'not built'}; "
           f"torch threads: {torch.get_num_threads()}")
     print(f"model: {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()}, "
           f"{model.num_parameters():,} parameters, {'trained' if args.checkpoint else 'random'} weights; "
-          f"the default (auto) engine chose {stepper_name(chosen)} (probe gaps: {gaps or 'none'}); "
-          f"chars/s as median (range, n)")
+          f"the default (auto) engine chose {stepper_name(chosen)} (probe gaps: {gaps or 'none'}), for 64 "
+          f"streams {stepper_name(chosen_many)}; chars/s as median (range, n)")
     single = interleaved(engines, SampleConfig(length=args.length), args.repeats)
     for name in engines:
         print(f"  single stream, {name + ':':<24} {summary(single[name])}")
@@ -168,6 +171,7 @@ def main():
     for name in engines:
         print(f"  64 streams, {name + ':':<27} {summary(batched[name])}")
     default_name = next((n for n, e in engines.items() if stepper_name(e) == stepper_name(chosen)), "numpy fp32")
+    many_name = next((n for n, e in engines.items() if stepper_name(e) == stepper_name(chosen_many)), "numpy fp32")
     windowed = chars_per_second(engines[default_name], SampleConfig(length=max(args.length // 16, 100),
                                                                     sampling="windowed", window=100), args.repeats)
     print(f"  single stream, windowed (100), {default_name}: {summary(windowed)}")
@@ -178,7 +182,8 @@ def main():
               f"{largest_probability_gap(model, engine, [0, 1, 2], steps=500):.2e}")
     torch_rate = statistics.median(torch_step)
     print(f"the default engine ({default_name}): {statistics.median(single[default_name]) / torch_rate:.2f}x the "
-          f"torch step single stream, {statistics.median(batched[default_name]):,.0f} chars/s for 64 streams")
+          f"torch step single stream; for 64 streams ({many_name}): {statistics.median(batched[many_name]):,.0f} "
+          f"chars/s")
     for name, engine in engines.items():
         rate = statistics.median(single[name])
         print(f"engine {name}: {rate / torch_rate:.2f}x the torch step; where a character's {1e6 / rate:.0f} us go:")

@@ -8,9 +8,10 @@
 3. Throughput (characters/s over all clients) at 32 concurrent clients with micro-batching and with
    `--max-batch 1` (one completion at a time), measured in the same run.
 4. Single-stream completion speed (one client) with the default engine (the fastest within 1e-2 of
-   the fp32 model: the compiled step; int8 on these random weights) and with the compiled fp16
-   engine (what the default falls to on checkpoints where int8 strays) against `--engine-weights
-   fp32` (the NumPy fp32 engine the server used before the compiled step), in the same run, as ratios.
+   the fp32 model: the compiled step; int8 on these random weights) and with the compiled int12 and
+   fp16 engines (what the default falls to on checkpoints where int8 strays: int12 on AVX-512 VNNI,
+   else fp16) against `--engine-weights fp32` (the NumPy fp32 engine the server used before the
+   compiled step), in the same run, as ratios.
 Everything runs on loopback; every loop is bounded in count and time.
 
     python benchmarks/serve_benchmark.py [--requests 4]
@@ -127,7 +128,8 @@ def main():
                 proc.terminate()
                 proc.wait(30)
         single = {}
-        for label, extra in (("default engine", ()), ("--engine-weights fp16", ("--engine-weights", "fp16")),
+        for label, extra in (("default engine", ()), ("--engine-weights int12", ("--engine-weights", "int12")),
+                             ("--engine-weights fp16", ("--engine-weights", "fp16")),
                              ("--engine-weights fp32", ("--engine-weights", "fp32"))):
             proc, url = start_server(paths[:1], *extra)
             try:
@@ -140,8 +142,9 @@ def main():
                 proc.terminate()
                 proc.wait(30)
         exact = single["--engine-weights fp32"]
-        print(f"single stream: the default engine is {single['default engine'] / exact:.2f}x the fp32 engine, "
-              f"fp16 (what the default falls to where int8 strays) {single['--engine-weights fp16'] / exact:.2f}x")
+        print(f"single stream: the default engine is {single['default engine'] / exact:.2f}x the fp32 engine; "
+              f"where int8 strays it falls to int12 ({single['--engine-weights int12'] / exact:.2f}x, AVX-512 "
+              f"VNNI) or fp16 ({single['--engine-weights fp16'] / exact:.2f}x)")
         for label, extra in (("micro-batching", ()), ("one at a time (--max-batch 1)", ("--max-batch", "1"))):
             proc, url = start_server(paths[:1], *extra)
             try:

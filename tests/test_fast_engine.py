@@ -17,8 +17,9 @@ pytestmark = pytest.mark.skipif(not fast_engine.available(), reason="the compile
 
 ALL_KERNELS = ("generic", "avx2", "avx512", "avx512vnni")
 # the largest logit difference to the fp32 model on small random models: fp16 rounds each weight to
-# 11 bits, int8 to 8 (with row and column scales)
-LOGIT_TOLERANCE = {"fp16": 2e-3, "int8": 2e-2, "mixed": 2e-2}
+# 11 bits, int12 to 12 (and its inputs to 16), int8 to 8 (with row and column scales)
+LOGIT_TOLERANCE = {"fp16": 2e-3, "int12": 2e-3, "int8": 2e-2, "mixed": 2e-2, "mixed12": 2e-2}
+MIXED = {"mixed": "fp16", "mixed12": "int12"}  # the first layer's weights; int8 above
 
 
 def kernels_here() -> list[str]:
@@ -56,14 +57,14 @@ def follow(model, engine, streams=3, steps=12, seed=0):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("weights", ["fp16", "int8", "mixed"])
+@pytest.mark.parametrize("weights", ["fp16", "int12", "int8", "mixed", "mixed12"])
 @pytest.mark.parametrize("embedding, layers, hidden, vocab", [(0, 1, 40, 23), (16, 3, 37, 30)])
 def test_every_kernel_set_follows_the_model_step(cell, weights, embedding, layers, hidden, vocab):
     """Each kernel set's logits and state track the model's prime and steps (hidden 37 and vocab 30 leave
-    partial tiles; "mixed" is fp16 for the first layer, int8 above); the kernel sets compute the same
-    sums, so they agree with each other far closer."""
+    partial tiles; "mixed" is fp16 for the first layer, int8 above, "mixed12" int12 then int8); the kernel
+    sets compute the same sums, so they agree with each other far closer."""
     model = small_model(cell, layers, hidden, embedding, vocab)
-    per_layer = ("fp16",) + ("int8",) * (layers - 1) if weights == "mixed" else weights
+    per_layer = (MIXED[weights],) + ("int8",) * (layers - 1) if weights in MIXED else weights
     results = {}
     for kernels in kernels_here():
         engine = fast_engine.FastStepEngine(model, per_layer, kernels)
@@ -196,20 +197,60 @@ def test_the_weights_are_tried_fastest_first():
     assert [fast_engine.weights_name(w) for w in fast_engine.weight_ladder(4)] == [
         "int8", "fp16+int8+int8+int8", "fp16+fp16+int8+int8", "fp16"]
     assert fast_engine.weight_ladder(3, fp16=False) == [("int8",) * 3]
+    assert [fast_engine.weights_name(w) for w in fast_engine.weight_ladder(3, int12=True)] == [
+        "int8", "int12+int8+int8", "int12+int12+int8", "int12", "fp16"]
+    assert fast_engine.weight_ladder(1, int12=True) == [("int8",), ("int12",), ("fp16",)]
+    # int12 only where it is fast: AVX-512 VNNI, and a stream or two
+    assert fast_engine.int12_is_fast(1) == (fast_engine.cpu_kernels() == "avx512vnni")
+    assert not fast_engine.int12_is_fast(fast_engine.INT12_STREAMS + 1)
     model = small_model(layers=2)
     assert fast_engine.FastStepEngine(model, ("fp16", "int8")).weights == "fp16+int8"
     with pytest.raises(ValueError, match="one per layer"):
         fast_engine.FastStepEngine(model, ("fp16",))
 
 
-def test_a_checkpoint_where_int8_strays_is_sampled_with_fp16_saying_so(caplog):
+def test_a_checkpoint_where_int8_strays_is_sampled_with_fp16_saying_so(caplog, monkeypatch):
     model = saturated_unit_model(100.0, crowded_rows=True)
     assert largest_probability_gap(model, fast_engine.FastStepEngine(model, "int8"), [0], steps=200) > ENGINE_TOLERANCE
     caplog.set_level(logging.INFO, logger="rnnlab")
+    monkeypatch.setattr(fast_engine, "int12_is_fast", lambda streams=1: False)
     engine = make_stepper(model, SampleConfig())
     assert engine.weights == "fp16" and engine.probe_gaps["int8"] > ENGINE_TOLERANCE >= engine.probe_gap
     assert "sampling with fp16 weights" in caplog.text and "int8 " in caplog.text
     assert largest_probability_gap(model, engine, [0], steps=200) < ENGINE_TOLERANCE
+
+
+def test_where_int12_is_fast_a_checkpoint_where_int8_strays_is_sampled_with_int12_and_where_it_strays_too_fp16(
+        monkeypatch):
+    """(int12 is forced into the ladder, so the portable kernels take this path on any CPU.) int12 rounds
+    to 2047 levels where int8 has 127: the crafted unit's weight of 100 is then held well enough, one of
+    1000 is not, and fp16 holds both."""
+    monkeypatch.setattr(fast_engine, "int12_is_fast", lambda streams=1: streams <= fast_engine.INT12_STREAMS)
+    engine = make_stepper(saturated_unit_model(100.0, crowded_rows=True), SampleConfig())
+    assert engine.weights == "int12" and list(engine.probe_gaps) == ["int8", "int12"]
+    assert engine.probe_gaps["int8"] > ENGINE_TOLERANCE >= engine.probe_gap
+    engine = make_stepper(saturated_unit_model(1000.0, crowded_rows=True), SampleConfig())
+    assert engine.weights == "fp16" and list(engine.probe_gaps) == ["int8", "int12", "fp16"]
+    assert engine.probe_gaps["int12"] > ENGINE_TOLERANCE >= engine.probe_gap
+    # many streams: int12 is not tried (fp16 is faster there)
+    engine = make_stepper(saturated_unit_model(100.0, crowded_rows=True), SampleConfig(num_samples=8))
+    assert engine.weights == "fp16" and "int12" not in engine.probe_gaps
+
+
+def test_int12_weights_are_laid_out_as_the_kernels_read_them():
+    """High bytes Q >> 4 and low nibbles packed two per byte (column j low, j + 64 high, per 128 columns)
+    give back Q exactly; Q is within 2047 levels of each row's scale."""
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(8, 256)).astype(np.float32) * rng.uniform(0.1, 3, 256).astype(np.float32)
+    quantized, row, col = fast_engine.rows_and_columns(matrix, fast_engine.INT12_LEVELS)
+    assert np.abs(quantized).max() == 2047
+    high, nibbles = fast_engine.int12_parts(quantized)
+    assert high.dtype == np.int8 and nibbles.shape == (8, 128)
+    blocks = nibbles.reshape(8, 2, 64)  # (rows, 128-column blocks, bytes)
+    low = np.stack([blocks & 15, blocks >> 4], axis=2).reshape(8, 256)
+    np.testing.assert_array_equal(16 * high.astype(np.int32) + low, quantized)
+    restored = quantized * row[:, None] * col[None, :]
+    assert np.abs(restored - matrix).max() <= 0.5 * (row[:, None] * col[None, :]).max() * 1.0001
 
 
 def test_a_checkpoint_where_fp16_strays_too_is_sampled_exactly_saying_so(caplog):

@@ -341,15 +341,15 @@ def make_stepper(model, config: SampleConfig, share_weights: bool = False):
     plain_output = model.head is not None and model.projection is None  # what the engines re-express
     if config.fast and device.type == "cpu" and plain_output:
         if config.engine_weights == "auto":
-            return accurate_engine(model, share_weights)
+            return accurate_engine(model, share_weights, streams=max(config.num_samples, config.beam_width))
         return cpu_engine(model, config.engine_weights, share_weights)
     return model
 
 
 def cpu_engine(model, weights, share_weights: bool = False):
-    """The CPU engine with these weights: the compiled step (fast_engine) for int8 and fp16 (or one of them
-    per layer) where it runs this model, else the NumPy engine (int8 through fbgemm; fp16 becomes exact
-    fp32, said once)."""
+    """The CPU engine with these weights: the compiled step (fast_engine) for int8, int12 and fp16 (or one of
+    them per layer) where it runs this model, else the NumPy engine (int8 through fbgemm; int12 and fp16
+    become exact fp32, said once)."""
     from rnnlab.models import fast_engine
     from rnnlab.models.cpu_engine import step_engine
 
@@ -359,13 +359,20 @@ def cpu_engine(model, weights, share_weights: bool = False):
             return fast_engine.FastStepEngine(model, weights)
         except ValueError as error:  # (fp16: weights beyond its range)
             log.warning("warning: the compiled engine cannot hold this model in %s (%s): sampling with exact fp32 "
-                        "weights", fast_engine.weights_name(weights) if compiled else weights, error)
+                        "weights", _weights_line(weights), error)
             return step_engine(model, "fp32", share_weights)
-    if weights == "fp16" or not isinstance(weights, str):
-        log.warning("warning: fp16 weights need the compiled step (%s): sampling with exact fp32 weights",
-                    fast_engine.why_not(model))
+    if weights in ("int12", "fp16") or not isinstance(weights, str):
+        log.warning("warning: %s weights need the compiled step (%s): sampling with exact fp32 weights",
+                    _weights_line(weights), fast_engine.why_not(model))
         weights = "fp32"
     return step_engine(model, weights, share_weights)
+
+
+def _weights_line(weights) -> str:
+    """"int8", "fp16", or a per-layer tuple's name ("fp16+int8")."""
+    from rnnlab.models import fast_engine
+
+    return weights if isinstance(weights, str) else fast_engine.weights_name(weights)
 
 
 def stepper_name(stepper) -> str:
@@ -396,10 +403,11 @@ def probe_texts(model) -> list[ReferenceText]:
     return [reference_text(reference, prompt, PROBE_STEPS, seed=i) for i, prompt in enumerate(prompts)]
 
 
-def accurate_engine(model, share_weights: bool = False, tolerance: float = ENGINE_TOLERANCE):
-    """The fastest engine that stays within `tolerance` of the model's own fp32 step on this model, along a
-    short deterministic probe (`probe_texts`: 4 x PROBE_STEPS tokens the model draws itself): the compiled
-    engine with int8 weights, else with fp16 for its lowest layer(s), else fp16 everywhere
+def accurate_engine(model, share_weights: bool = False, tolerance: float = ENGINE_TOLERANCE, streams: int = 1):
+    """The fastest engine for `streams` streams that stays within `tolerance` of the model's own fp32 step on
+    this model, along a short deterministic probe (`probe_texts`: 4 x PROBE_STEPS tokens the model draws
+    itself): the compiled engine with int8 weights, else with a finer format for its lowest layer(s), then
+    everywhere (int12 where fast_engine.int12_is_fast, else fp16), then fp16 everywhere
     (fast_engine.weight_ladder); where the compiled step does not run the model, fbgemm's int8; else the
     exact fp32 engine. A fallback is said once. The gaps measured are kept as `probe_gaps` ({weights:
     gap}, in the order tried) and the chosen engine's as `probe_gap` (absent for fp32)."""
@@ -408,7 +416,8 @@ def accurate_engine(model, share_weights: bool = False, tolerance: float = ENGIN
 
     gaps, texts = {}, None
     compiled = fast_engine.supports(model)
-    ladder = fast_engine.weight_ladder(model.layers.num_layers, fast_engine.fp16_is_fast()) if compiled else None
+    ladder = fast_engine.weight_ladder(model.layers.num_layers, fast_engine.fp16_is_fast(),
+                                       fast_engine.int12_is_fast(streams)) if compiled else None
     for weights in ladder or [("int8",)]:
         engine = cpu_engine(model, weights if compiled else "int8", share_weights)
         name = fast_engine.weights_name(weights)

@@ -31,10 +31,12 @@ class SampleConfig:
     fast: bool = setting(True, "use the single-step engine on CPU (--no-fast steps with the model's torch code)")
     engine_weights: str = setting("auto", "weights of the CPU engine: auto (the fastest whose next-token "
                                           "probabilities a probe on this checkpoint finds within 1e-2 of the fp32 "
-                                          "model's: compiled int8, then fp16 for the lowest layer(s), then fp16, "
-                                          "else exact fp32, said once), int8 (fastest, unchecked), fp16 (the compiled step, half the "
-                                          "memory of fp32, unchecked) or fp32 (exact: the same text as --no-fast "
-                                          "for a seed)", choices=("auto", "int8", "fp16", "fp32"),
+                                          "model's: compiled int8, then int12 (AVX-512 VNNI, 1-2 streams; else "
+                                          "fp16) for the lowest layer(s), then everywhere, then fp16, else exact "
+                                          "fp32, said once), int8 (fastest, unchecked), int12 (16x finer than "
+                                          "int8, 3/8 of fp32's memory, unchecked), fp16 (half the memory of fp32, "
+                                          "unchecked) or fp32 (exact: the same text as --no-fast for a seed)",
+                                  choices=("auto", "int8", "int12", "fp16", "fp32"),
                                   needs=(lambda s: s.fast, "--fast (it sets the CPU engine's weights)"))
     device: str = setting("cpu", "where to run the model", choices=("auto", "cpu", "cuda"))
 
@@ -382,9 +384,9 @@ class ServeConfig:
                                 "1 = one completion at a time)")
     threads: int = setting(1, "torch threads for prompts and scoring (the engines' steps use every core anyway)")
     engine_weights: str = setting("auto", "weights of each model's CPU engine, as for sample: auto (the fastest "
-                                          "within 1e-2 of the fp32 model on that checkpoint), int8, fp16 or fp32 "
-                                          "(exact, and in the model's own memory: no copy of the weights)",
-                                  choices=("auto", "int8", "fp16", "fp32"))
+                                          "within 1e-2 of the fp32 model on that checkpoint), int8, int12, fp16 or "
+                                          "fp32 (exact, and in the model's own memory: no copy of the weights)",
+                                  choices=("auto", "int8", "int12", "fp16", "fp32"))
     allowed_hosts: str = setting("", "Host header names accepted besides loopback and --host (comma-separated; "
                                      "* accepts any): what the server is reached as when it is exposed")
     api_key: str = setting("", "require this key on the API (header Authorization: Bearer KEY; the page takes it "

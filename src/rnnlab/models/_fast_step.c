@@ -6,14 +6,16 @@ step on the engine's threads, with the weights kept small enough to stay in the 
 
 The Python side (fast_engine.py) lays the weights out and owns them; this file only reads them:
   * each layer is one matrix of S "slots" per hidden unit, rows unit-major (row = unit * S + slot),
-    columns [x ; h_previous] padded to a multiple of 32. A thread owns a block of units, so it
+    columns [x ; h_previous] padded to a multiple of 64 (int12: 128). A thread owns a block of units, so it
     computes their slots and updates their state with no barrier in between; the layers are
     separated by one barrier each. LSTM: S = 4 (i, f, g, o). GRU: S = 4 (r, z, and n's input and
     recurrent terms apart, since the reset gate multiplies only the latter). tanh-RNN: S = 1.
   * the first layer's input term (its weights times the token's input vector, biases included) is
     a (V, S*H) table, so its matrix has the h columns only;
   * each layer's weights are int8 (one scale per row and one per column, the column scale folded
-    into the input, which is then rounded to int8 per stream) or fp16; the output layer stays fp32.
+    into the input, which is then rounded to int8 per stream), int12 (the same scales, 2047 levels
+    instead of 127, stored as a high byte and a low nibble, against inputs rounded to int16: for
+    checkpoints where int8 strays, at 3/4 of fp16's bytes) or fp16; the output layer stays fp32.
 Kernels: AVX-512, AVX2 (x86-64, chosen at run time) and portable C for every other CPU (ARM
 included), the same arithmetic in each; tests compare all of them with the model's own step.
 Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots per unit, L = layers. */
@@ -40,7 +42,8 @@ Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots per u
 #define INLINE static inline __attribute__((always_inline))
 
 enum { CELL_LSTM, CELL_GRU, CELL_RNN };
-enum { WEIGHTS_INT8, WEIGHTS_FP16 };
+enum { WEIGHTS_INT8, WEIGHTS_FP16, WEIGHTS_INT12 };
+#define QUANTIZED(weights) ((weights) != WEIGHTS_FP16)
 enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_AVX512_VNNI };
 #define ISAS 4
 static const char *ISA_NAMES[ISAS] = {"generic", "avx2", "avx512", "avx512vnni"};
@@ -52,10 +55,11 @@ typedef struct {
     int cell, isa, layers, hidden, vocab, slots, rows, head_cols;
     int weights[MAX_LAYERS];           /* each layer's: WEIGHTS_INT8 or WEIGHTS_FP16 */
     int cols[MAX_LAYERS];              /* padded columns of each layer's matrix */
-    const void *w[MAX_LAYERS];         /* (rows, cols[k]) int8 or fp16 */
-    const float *row_scale[MAX_LAYERS];/* int8: (rows,) */
-    const float *col_scale[MAX_LAYERS];/* int8: (cols[k],), 0 on padding */
-    int32_t *row_sum[MAX_LAYERS];      /* int8: each row's sum of weights (for VNNI's unsigned inputs) */
+    const void *w[MAX_LAYERS];         /* (rows, cols[k]) int8 (int12: its high 8 bits) or fp16 */
+    const uint8_t *nibbles[MAX_LAYERS];/* int12: (rows, cols[k] / 2), the low 4 bits (see tile_i12_generic) */
+    const float *row_scale[MAX_LAYERS];/* int8, int12: (rows,) */
+    const float *col_scale[MAX_LAYERS];/* int8, int12: (cols[k],), 0 on padding */
+    int32_t *row_sum[MAX_LAYERS];      /* int8, int12: each row's sum of (high) weights (for VNNI's unsigned inputs) */
     const float *bias[MAX_LAYERS];     /* (S, H), slot-major; unused for layer 0 */
     const float *table;                /* (V, S, H): the first layer's input term per token */
     const float *head_w, *head_b;      /* (ceil4(V), head_cols) fp32, (V,) */
@@ -109,6 +113,26 @@ INLINE void tile_i8_generic(const int8_t *w, long cols, const int8_t *x, long xs
         for (int r = 0; r < 4; r++) {
             int32_t acc = 0; /* exact: |sum| <= cols * 127 * 127 */
             for (long c = 0; c < cols; c++) acc += (int16_t)w[r * cols + c] * (int16_t)x[s * xs + c];
+            out[s * 4 + r] = (float)acc;
+        }
+}
+/* int12 weights q = 16 * hi + lo (hi: int8, lo: 0..15) against int16 inputs v = 256 * vh + vl (vh: int8,
+   vl: 0..255), the input's two bytes stored one after the other: [vh (cols) ; vl (cols)]. Each 128
+   columns' low nibbles are 64 bytes, byte j holding column j's (low half) and column j + 64's (high
+   half). The sum is exact (int64), so every kernel set rounds the same integer to float. */
+INLINE int nibble(const uint8_t *nib, long c) {
+    uint8_t byte = nib[(c >> 7) * 64 + (c & 63)];
+    return (c & 64) ? byte >> 4 : byte & 15;
+}
+INLINE void tile_i12_generic(const int8_t *w, const uint8_t *nib, long cols, const int8_t *x, long xs, int ns,
+                             float *out) {
+    for (int s = 0; s < ns; s++)
+        for (int r = 0; r < 4; r++) {
+            const int8_t *vh = x + s * xs;
+            const uint8_t *vl = (const uint8_t *)vh + cols;
+            int64_t acc = 0;
+            for (long c = 0; c < cols; c++)
+                acc += (int64_t)(16 * w[r * cols + c] + nibble(nib + r * (cols / 2), c)) * (256 * vh[c] + vl[c]);
             out[s * 4 + r] = (float)acc;
         }
 }
@@ -198,6 +222,37 @@ TARGET(VNNI) INLINE void tile_i8_vnni_n(const int8_t *w, long cols, const int8_t
     for (int s = 0; s < NS; s++)
         for (int r = 0; r < 4; r++) out[s * 4 + r] = (float)(_mm512_reduce_add_epi32(acc[r][s]) - 128 * row_sum[r]);
 }
+/* int12 on VNNI: the product of two-part weights and two-part inputs is four byte products,
+   4096 (hi . vh) + 256 (lo . vh) + 16 (hi . vl) + (lo . vl), each an exact int32 sum (vh shifted to
+   unsigned as in tile_i8_vnni_n; lo and vl are unsigned already), combined in int64. One stream at a
+   time: its 16 accumulators and the 4 rows' weights fill the 32 registers. */
+TARGET(VNNI) INLINE void tile_i12_vnni_1(const int8_t *w, const uint8_t *nib, long cols, const int8_t *x,
+                                         const int32_t *row_sum, float *out) {
+    const __m512i shift = _mm512_set1_epi8((char)0x80), low4 = _mm512_set1_epi8(0x0f);
+    __m512i a[4], b[4], c_[4], d[4];
+    for (int r = 0; r < 4; r++) a[r] = b[r] = c_[r] = d[r] = _mm512_setzero_si512();
+    for (long c = 0; c < cols; c += 128) {
+        __m512i vh0 = _mm512_loadu_si512((const void *)(x + c)), vh1 = _mm512_loadu_si512((const void *)(x + c + 64));
+        __m512i vu0 = _mm512_xor_si512(vh0, shift), vu1 = _mm512_xor_si512(vh1, shift);
+        __m512i vl0 = _mm512_loadu_si512((const void *)(x + cols + c));
+        __m512i vl1 = _mm512_loadu_si512((const void *)(x + cols + c + 64));
+        for (int r = 0; r < 4; r++) {
+            __m512i h0 = _mm512_loadu_si512((const void *)(w + r * cols + c));
+            __m512i h1 = _mm512_loadu_si512((const void *)(w + r * cols + c + 64));
+            __m512i n = _mm512_loadu_si512((const void *)(nib + r * (cols / 2) + c / 2));
+            __m512i l0 = _mm512_and_si512(n, low4), l1 = _mm512_and_si512(_mm512_srli_epi16(n, 4), low4);
+            a[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(a[r], vu0, h0), vu1, h1);
+            b[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(b[r], l0, vh0), l1, vh1);
+            c_[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c_[r], vl0, h0), vl1, h1);
+            d[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(d[r], vl0, l0), vl1, l1);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        int64_t hi_vh = (int64_t)_mm512_reduce_add_epi32(a[r]) - 128 * (int64_t)row_sum[r];
+        out[r] = (float)(4096 * hi_vh + 256 * (int64_t)_mm512_reduce_add_epi32(b[r]) +
+                         16 * (int64_t)_mm512_reduce_add_epi32(c_[r]) + (int64_t)_mm512_reduce_add_epi32(d[r]));
+    }
+}
 TARGET(AVX512) INLINE void tile_f16_512_n(const uint16_t *w, long cols, const float *x, long xs, const int NS,
                                           float *out) {
 #define LW(r) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + (r) * cols + c)))
@@ -282,7 +337,7 @@ INLINE void store(const Product *p, int b, int row, float dot) {
     }
     int unit = row / e->slots, slot = row % e->slots;
     long at = (long)slot * e->hidden + unit;
-    if (e->weights[p->k] == WEIGHTS_INT8) dot *= e->row_scale[p->k][row] * p->x_scale[b];
+    if (QUANTIZED(e->weights[p->k])) dot *= e->row_scale[p->k][row] * p->x_scale[b];
     float add = p->k == 0 ? e->table[p->tokens[b] * (long)e->rows + at] : e->bias[p->k][at];
     p->pre[(long)b * e->rows + at] = dot + add;
 }
@@ -291,7 +346,7 @@ INLINE void store(const Product *p, int b, int row, float dot) {
    every group of streams passes over them: many streams then read their inputs from L2 a quarter
    as often as they would row tile by row tile. */
 #define ROW_BLOCK 16
-#define ROWS_BODY(TILE_I8, TILE_F16, TILE_F32, MAX_NS)                                                    \
+#define ROWS_BODY(TILE_I8, TILE_I12, TILE_F16, TILE_F32, MAX_NS)                                          \
     float out[16];                                                                                          \
     const Engine *e = p->e;                                                                                 \
     for (int block = r0; block < r1; block += ROW_BLOCK)                                                    \
@@ -304,6 +359,9 @@ INLINE void store(const Product *p, int b, int row, float dot) {
             else if (e->weights[p->k] == WEIGHTS_INT8)                                                      \
                 TILE_I8((const int8_t *)p->w + (long)row * p->cols, p->cols,                                \
                         (const int8_t *)p->x + b * p->xs, p->xs, ns, e->row_sum[p->k] + row, out);          \
+            else if (e->weights[p->k] == WEIGHTS_INT12)                                                     \
+                TILE_I12((const int8_t *)p->w + (long)row * p->cols, e->nibbles[p->k] + (long)row * (p->cols / 2), \
+                         p->cols, (const int8_t *)p->x + b * p->xs, p->xs, ns, e->row_sum[p->k] + row, out);  \
             else                                                                                            \
                 TILE_F16((const uint16_t *)p->w + (long)row * p->cols, p->cols,                             \
                          (const float *)p->x + b * p->xs, p->xs, ns, out);                                  \
@@ -311,8 +369,13 @@ INLINE void store(const Product *p, int b, int row, float dot) {
                 for (int r = 0; r < 4 && row + r < r1; r++) store(p, b + s, row + r, out[s * 4 + r]);       \
         }
 
+INLINE void tile_i12_portable(const int8_t *w, const uint8_t *nib, long cols, const int8_t *x, long xs, int ns,
+                              const int32_t *row_sum, float *out) {
+    (void)row_sum;
+    tile_i12_generic(w, nib, cols, x, xs, ns, out);
+}
 static void rows_generic(const Product *p, int r0, int r1) {
-    ROWS_BODY(tile_i8_generic, tile_f16_generic, tile_f32_generic, 4)
+    ROWS_BODY(tile_i8_generic, tile_i12_portable, tile_f16_generic, tile_f32_generic, 4)
 }
 static void gates_generic(int cell, int hidden, const float *pre, const float *h, const float *c, float *h2,
                           float *c2, int u0, int u1) {
@@ -346,6 +409,14 @@ TARGET(VNNI) INLINE void tile_i8_vnni(const int8_t *w, long cols, const int8_t *
     default: tile_i8_vnni_n(w, cols, x, xs, 4, row_sum, out); break;
     }
 }
+TARGET(VNNI) INLINE void tile_i12_vnni(const int8_t *w, const uint8_t *nib, long cols, const int8_t *x, long xs,
+                                       int ns, const int32_t *row_sum, float *out) {
+    float one[4];
+    for (int s = 0; s < ns; s++) {
+        tile_i12_vnni_1(w, nib, cols, x + s * xs, row_sum, one);
+        for (int r = 0; r < 4; r++) out[s * 4 + r] = one[r];
+    }
+}
 TARGET(AVX2) INLINE void tile_i8_256(const int8_t *w, long cols, const int8_t *x, long xs, int ns,
                                      const int32_t *row_sum, float *out) {
     DISPATCH_NS(tile_i8_256_n, 2)
@@ -357,13 +428,13 @@ TARGET(AVX2) INLINE void tile_f32_256(const float *w, long cols, const float *x,
     DISPATCH_NS(tile_f32_256_n, 2)
 }
 TARGET(AVX512) static void rows_avx512(const Product *p, int r0, int r1) {
-    ROWS_BODY(tile_i8_512, tile_f16_512, tile_f32_512, 4)
+    ROWS_BODY(tile_i8_512, tile_i12_portable, tile_f16_512, tile_f32_512, 4)
 }
 TARGET(VNNI) static void rows_vnni(const Product *p, int r0, int r1) {
-    ROWS_BODY(tile_i8_vnni, tile_f16_512, tile_f32_512, 4)
+    ROWS_BODY(tile_i8_vnni, tile_i12_vnni, tile_f16_512, tile_f32_512, 4)
 }
 TARGET(AVX2) static void rows_avx2(const Product *p, int r0, int r1) {
-    ROWS_BODY(tile_i8_256, tile_f16_256, tile_f32_256, 2)
+    ROWS_BODY(tile_i8_256, tile_i12_portable, tile_f16_256, tile_f32_256, 2)
 }
 TARGET(AVX512) static void gates_avx512(int cell, int hidden, const float *pre, const float *h, const float *c,
                                         float *h2, float *c2, int u0, int u1) {
@@ -436,7 +507,23 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
        a model has (a lane sums at most cols/8 of them), so every kernel set gets the same integers */
     /* (a state of NaN, infinities or all but zero gets scale 1 and clamped values, never an undefined
        float-to-int conversion) */
-    float scale = largest > 1e-30f && isfinite(largest) ? largest / 127.0f : 1.0f, inverse = 1.0f / scale;
+    int int12 = e->weights[k] == WEIGHTS_INT12;
+    float levels = int12 ? 32767.0f : 127.0f;
+    float scale = largest > 1e-30f && isfinite(largest) ? largest / levels : 1.0f, inverse = 1.0f / scale;
+    x_scale[b] = scale;
+    if (int12) { /* int16 inputs as their two bytes: high (signed) then low (unsigned), see tile_i12_generic */
+        int8_t *vh = (int8_t *)x + 2 * (long)b * cols;
+        uint8_t *vl = (uint8_t *)vh + cols;
+        memset(vh + used, 0, cols - used);
+        memset(vl + used, 0, cols - used);
+        for (long j = 0; j < used; j++) {
+            float v = fminf(fmaxf(scaled[j] * inverse, -levels), levels);
+            int32_t q = (int32_t)((v + 12582912.0f) - 12582912.0f);
+            vh[j] = (int8_t)(q >> 8); /* (arithmetic: the floor of q / 256) */
+            vl[j] = (uint8_t)(q & 255);
+        }
+        return;
+    }
     int8_t *xq = (int8_t *)x + (long)b * cols;
     memset(xq + used, 0, cols - used);
     for (long j = 0; j < used; j++) { /* round to nearest: |value| <= 127 < 2^22 */
@@ -444,7 +531,6 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
         v = (v + 12582912.0f) - 12582912.0f;
         xq[j] = (int8_t)(int32_t)v;
     }
-    x_scale[b] = scale;
 }
 
 typedef struct {
@@ -508,7 +594,8 @@ static int run_step(Engine *e, const StepArgs *a, double *spent) {
             }
 #endif
             if (thread == 0 && profiling) t1 = now(), spent[0] += t1 - t0;
-            Product p = {e, k, e->w[k], e->cols[k], my_x, e->cols[k], my_scale, a->tokens, pre, batch};
+            long xs = e->weights[k] == WEIGHTS_INT12 ? 2 * e->cols[k] : e->cols[k]; /* (int16 inputs: 2 bytes) */
+            Product p = {e, k, e->w[k], e->cols[k], my_x, xs, my_scale, a->tokens, pre, batch};
             rows(e, &p, u0 * e->slots, u1 * e->slots);
             if (thread == 0 && profiling) t0 = now(), spent[1] += t0 - t1;
             for (int b = 0; b < batch; b++) {
@@ -585,8 +672,9 @@ static int isa_named(const char *name) {
 }
 
 /* build(cell, isa, hidden, vocab, table, head_w, head_b, layers) -> engine
-   layers: a tuple of (w, row_scale, col_scale, bias) per layer: int8 weights with their scales, or
-   fp16 weights (as uint16) with both scales None; each layer may differ */
+   layers: a tuple of (weights, w, nibbles, row_scale, col_scale, bias) per layer, each layer its own
+   `weights`: WEIGHTS_INT8 (w int8, with both scales), WEIGHTS_INT12 (w its high bytes, nibbles its low
+   4 bits, both scales; columns padded to 128) or WEIGHTS_FP16 (w as uint16; nibbles and scales None) */
 static PyObject *build(PyObject *self, PyObject *args) {
     int cell, hidden, vocab;
     const char *isa_name;
@@ -618,27 +706,35 @@ static PyObject *build(PyObject *self, PyObject *args) {
     }
     for (int k = 0; k < e->layers; k++) {
         PyObject *layer = PyTuple_GET_ITEM(layers, k);
-        if (!PyTuple_Check(layer) || PyTuple_GET_SIZE(layer) != 4) {
+        long weights = PyTuple_Check(layer) && PyTuple_GET_SIZE(layer) == 6 ? PyLong_AsLong(PyTuple_GET_ITEM(layer, 0)) : -1;
+        if (weights < WEIGHTS_INT8 || weights > WEIGHTS_INT12) {
             Py_DECREF(capsule);
-            return PyErr_Format(PyExc_ValueError, "layer %d: expected (w, row_scale, col_scale, bias)", k);
+            PyErr_Clear();
+            return PyErr_Format(PyExc_ValueError, "layer %d: expected (weights, w, nibbles, row_scale, col_scale, bias)", k);
         }
-        int width = (k > 0 ? 2 : 1) * hidden;
-        e->cols[k] = (width + COLUMN_BLOCK - 1) / COLUMN_BLOCK * COLUMN_BLOCK;
-        int weights = e->weights[k] = PyTuple_GET_ITEM(layer, 1) == Py_None ? WEIGHTS_FP16 : WEIGHTS_INT8;
-        size_t item = weights == WEIGHTS_INT8 ? 1 : 2;
-        if (!(e->w[k] = keep_view(e, PyTuple_GET_ITEM(layer, 0), (Py_ssize_t)rows_padded * e->cols[k] * item,
+        e->weights[k] = (int)weights;
+        int width = (k > 0 ? 2 : 1) * hidden, block = weights == WEIGHTS_INT12 ? 2 * COLUMN_BLOCK : COLUMN_BLOCK;
+        e->cols[k] = (width + block - 1) / block * block;
+        size_t item = weights == WEIGHTS_FP16 ? 2 : 1;
+        if (!(e->w[k] = keep_view(e, PyTuple_GET_ITEM(layer, 1), (Py_ssize_t)rows_padded * e->cols[k] * item,
                                   "a layer's weights")) ||
-            !(e->bias[k] = keep_view(e, PyTuple_GET_ITEM(layer, 3), (Py_ssize_t)e->rows * 4, "a layer's bias"))) {
+            !(e->bias[k] = keep_view(e, PyTuple_GET_ITEM(layer, 5), (Py_ssize_t)e->rows * 4, "a layer's bias"))) {
             Py_DECREF(capsule);
             return NULL;
         }
-        if (weights == WEIGHTS_INT8 &&
-            (!(e->row_scale[k] = keep_view(e, PyTuple_GET_ITEM(layer, 1), (Py_ssize_t)rows_padded * 4, "row scales")) ||
-             !(e->col_scale[k] = keep_view(e, PyTuple_GET_ITEM(layer, 2), (Py_ssize_t)e->cols[k] * 4, "column scales")))) {
+        if (weights == WEIGHTS_INT12 &&
+            !(e->nibbles[k] = keep_view(e, PyTuple_GET_ITEM(layer, 2), (Py_ssize_t)rows_padded * e->cols[k] / 2,
+                                        "a layer's low weight bits"))) {
             Py_DECREF(capsule);
             return NULL;
         }
-        if (weights == WEIGHTS_INT8) {
+        if (QUANTIZED(weights) &&
+            (!(e->row_scale[k] = keep_view(e, PyTuple_GET_ITEM(layer, 3), (Py_ssize_t)rows_padded * 4, "row scales")) ||
+             !(e->col_scale[k] = keep_view(e, PyTuple_GET_ITEM(layer, 4), (Py_ssize_t)e->cols[k] * 4, "column scales")))) {
+            Py_DECREF(capsule);
+            return NULL;
+        }
+        if (QUANTIZED(weights)) {
             if (!(e->row_sum[k] = malloc((size_t)rows_padded * sizeof(int32_t)))) {
                 Py_DECREF(capsule);
                 return PyErr_NoMemory();

@@ -4,7 +4,7 @@ call (`_fast_step.c`), with int8 or fp16 weights small enough to stay in the cor
 Why: per character, the NumPy engine (cpu_engine.py) crosses into NumPy and torch a dozen times and
 each crossing costs more than its arithmetic; its fp32 weights (12.6 MB for a 2x512 LSTM) stream
 from L3 at every step. Here one call does the step on all of torch's threads, and the weights are
-a quarter (int8) or half (fp16) of that.
+a quarter (int8), 3/8 (int12) or half (fp16) of that.
 
 This module only lays the model's weights out the way the kernels read them:
   * one matrix per layer, S "slots" per hidden unit, rows unit-major (row = unit * S + slot), so a
@@ -17,6 +17,9 @@ This module only lays the model's weights out the way the kernels read them:
   * int8: W ~= diag(row) Q diag(col) with col_j = sqrt(max_i |W_ij|): the column scale evens the
     columns before each row is rounded (it halves the error of per-row rounding on trained
     LSTMs), and is folded into the input vector, which the kernel rounds to int8 per stream;
+  * int12: the same scales with 2047 levels per row instead of 127 (16x finer), stored as the kernel
+    reads them (int12_parts), against inputs rounded to int16 per stream: for checkpoints where int8
+    strays, 3/4 of fp16's bytes (which is what one stream waits on); see int12_is_fast;
   * fp16: the weights rounded to half precision (10-bit mantissa); the output layer stays fp32.
 Its state is the model's own ((h, c) or (h,), each (L, B, H), as NumPy arrays), so beam search
 reorders it along dim 1 and a state from the model's forward continues here; prompts are read with
@@ -42,7 +45,8 @@ except ImportError:  # not built (no C compiler at install): the NumPy engine is
     _fast_step = None
 
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}
-WEIGHTS = ("int8", "fp16")
+WEIGHTS = ("int8", "int12", "fp16")
+WEIGHT_CODES = {"int8": 0, "fp16": 1, "int12": 2}  # (the C file's WEIGHTS_* numbers)
 COLUMN_BLOCK = 64
 FP16_LARGEST = 65504.0
 F32 = np.float32
@@ -94,7 +98,8 @@ class FastStepEngine:
         self.cell, self.num_layers, self.hidden = stack.cell, stack.num_layers, stack.hidden_size
         self.layer_weights = (weights,) * self.num_layers if isinstance(weights, str) else tuple(weights)
         if len(self.layer_weights) != self.num_layers or any(w not in WEIGHTS for w in self.layer_weights):
-            raise ValueError(f"the compiled engine's weights must be int8 or fp16 (or one per layer), got {weights!r}")
+            raise ValueError(f"the compiled engine's weights must be int8, int12 or fp16 (or one per layer), "
+                             f"got {weights!r}")
         self.vocab_size, self.weights = model.vocab_size, weights_name(self.layer_weights)
         self._model = model  # (for its initial state, learned or zero)
         with torch.no_grad():
@@ -169,12 +174,27 @@ def weights_name(layer_weights: Sequence[str]) -> str:
     return layer_weights[0] if len(set(layer_weights)) == 1 else "+".join(layer_weights)
 
 
-def weight_ladder(num_layers: int, fp16: bool = True) -> list[tuple[str, ...]]:
-    """The weights to try, fastest first: int8 everywhere, then fp16 for the first layer, then the first
-    two (the lowest layers' rounding errors travel through every layer above; they stray most), then
-    fp16 everywhere. Without `fp16`, int8 alone."""
-    rungs = sorted({0, 1, 2, num_layers}) if fp16 else [0]
-    return [("fp16",) * j + ("int8",) * (num_layers - j) for j in rungs if j <= num_layers]
+def weight_ladder(num_layers: int, fp16: bool = True, int12: bool = False) -> list[tuple[str, ...]]:
+    """The weights to try, fastest first: int8 everywhere; then a finer format (int12 if `int12`, else
+    fp16) for the first layer, then the first two (the lowest layers' rounding errors travel through
+    every layer above; they stray most), then everywhere; then fp16 everywhere. Without either, int8
+    alone."""
+    finer = "int12" if int12 else "fp16" if fp16 else None
+    if finer is None:
+        return [("int8",) * num_layers]
+    rungs = [(finer,) * j + ("int8",) * (num_layers - j) for j in sorted({0, 1, 2, num_layers}) if j <= num_layers]
+    return rungs + [("fp16",) * num_layers] if int12 and fp16 else rungs
+
+
+INT12_STREAMS = 2  # beyond this many streams, int12's four byte products per weight lose to fp16
+
+
+def int12_is_fast(streams: int = 1) -> bool:
+    """Whether int12 weights beat fp16 here: on AVX-512 VNNI and for a stream or two, where the step waits
+    on its weights' bytes (int12 has 3 of every 4 of fp16's); with more streams the products bind, and
+    int12 needs four byte products per weight (two bytes of weight times two of input) against fp16's one
+    FMA. Other CPUs run it in portable C, which is correct but slow."""
+    return cpu_kernels() == "avx512vnni" and streams <= INT12_STREAMS
 
 
 def fp16_is_fast() -> bool:
@@ -187,28 +207,48 @@ def fp16_is_fast() -> bool:
 
 
 def _packed(matrix: np.ndarray, weights: str) -> tuple:
-    """(weights, row scales, column scales) of one layer's matrix, in the kernel's format (fp16: no
-    scales)."""
-    rows, cols = _ceil(matrix.shape[0], 4), _ceil(matrix.shape[1], COLUMN_BLOCK)
-    matrix = _padded(matrix, rows, cols)
+    """(code, weights, low nibbles, row scales, column scales) of one layer's matrix, in the kernel's
+    format (int8: no nibbles; fp16: no nibbles and no scales)."""
+    block = 2 * COLUMN_BLOCK if weights == "int12" else COLUMN_BLOCK
+    matrix = _padded(matrix, _ceil(matrix.shape[0], 4), _ceil(matrix.shape[1], block))
+    code = WEIGHT_CODES[weights]
     if weights == "fp16":
         if np.abs(matrix).max(initial=0.0) > FP16_LARGEST:
             raise ValueError(f"a weight beyond fp16's range (|w| > {FP16_LARGEST})")
-        return np.ascontiguousarray(matrix.astype(np.float16)), None, None
-    return int8_rows_and_columns(matrix)
+        return code, np.ascontiguousarray(matrix.astype(np.float16)), None, None, None
+    if weights == "int12":
+        quantized, row, col = rows_and_columns(matrix, INT12_LEVELS)
+        high, nibbles = int12_parts(quantized)
+        return code, high, nibbles, row, col
+    quantized, row, col = rows_and_columns(matrix, INT8_LEVELS)
+    return code, quantized.astype(np.int8), None, row, col
 
 
-def int8_rows_and_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q (int8), row (R,) and col (C,) with matrix[i, j] ~= row[i] * Q[i, j] * col[j]. col_j =
-    sqrt(max_i |matrix_ij|) evens the columns' ranges before each row is rounded to 127 levels; the
-    kernel multiplies the input by col (0 on all-zero columns, the padding) before rounding it."""
+INT8_LEVELS, INT12_LEVELS = 127, 2047
+
+
+def rows_and_columns(matrix: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q (int16, |Q| <= levels), row (R,) and col (C,) with matrix[i, j] ~= row[i] * Q[i, j] * col[j].
+    col_j = sqrt(max_i |matrix_ij|) evens the columns' ranges before each row is rounded to `levels`
+    levels; the kernel multiplies the input by col (0 on all-zero columns, the padding) before rounding
+    it."""
     column_max = np.abs(matrix).max(axis=0)
     col = np.sqrt(column_max).astype(F32)
     evened = matrix / np.where(col > 0, col, 1.0)[None, :]
     row_max = np.abs(evened).max(axis=1)
-    row = np.where(row_max > 0, row_max / 127.0, 1.0).astype(F32)
-    quantized = np.clip(np.rint(evened / row[:, None]), -127, 127).astype(np.int8)
+    row = np.where(row_max > 0, row_max / levels, 1.0).astype(F32)
+    quantized = np.clip(np.rint(evened / row[:, None]), -levels, levels).astype(np.int16)
     return np.ascontiguousarray(quantized), row, col
+
+
+def int12_parts(quantized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int12 Q (R, C), C a multiple of 128, as the kernel reads it: its high bytes Q >> 4 (int8, R x C) and
+    its low 4 bits, two per byte (R x C/2): in each 128 columns, byte j holds column j's in its low half
+    and column j + 64's in its high half (one AND and one shift unpack 128 of them)."""
+    high = (quantized >> 4).astype(np.int8)
+    low = (quantized & 15).astype(np.uint8).reshape(len(quantized), -1, 2, 64)
+    nibbles = low[:, :, 0, :] | (low[:, :, 1, :] << 4)
+    return np.ascontiguousarray(high), np.ascontiguousarray(nibbles.reshape(len(quantized), -1))
 
 
 def _layer_matrix(cell: str, w_ih: np.ndarray | None, w_hh: np.ndarray) -> np.ndarray:
