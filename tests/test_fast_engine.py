@@ -15,7 +15,7 @@ from rnnlab.sampling import ENGINE_TOLERANCE, generate, largest_probability_gap,
 
 pytestmark = pytest.mark.skipif(not fast_engine.available(), reason="the compiled step is not built here")
 
-ALL_KERNELS = ("generic", "avx2", "avx512", "avx512vnni")
+ALL_KERNELS = ("generic", "avx2", "avx512", "avx512vnni", "amx")
 # the largest logit difference to the fp32 model on small random models: fp16 rounds each weight to
 # 11 bits, int12 to 12 (and its inputs to 16), int8 to 8 (with row and column scales)
 LOGIT_TOLERANCE = {"fp16": 2e-3, "int12": 2e-3, "int8": 2e-2, "mixed": 2e-2, "mixed12": 2e-2}
@@ -73,6 +73,24 @@ def test_every_kernel_set_follows_the_model_step(cell, weights, embedding, layer
         assert 0 < logit_gap < LOGIT_TOLERANCE[weights]  # close, and not the fp32 model by another name
         assert state_gap < LOGIT_TOLERANCE[weights]
         results[kernels] = logits
+    for kernels, logits in results.items():
+        np.testing.assert_allclose(logits, results["generic"], atol=2e-5, rtol=0, err_msg=kernels)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("weights", ["int8", "int12", "mixed"])
+def test_many_streams_take_amx_tiles_where_the_cpu_has_them_with_the_same_sums(cell, weights):
+    """From AMX_STREAMS streams on, the "amx" kernel set multiplies on AMX tiles (16 streams x 16 rows a
+    tile; 19 streams leave a partial tile, hidden 37 a partial row block): the same integers as every other
+    kernel set, so the same logits to float rounding of the gate math."""
+    model = small_model(cell, layers=2, hidden=37, embedding=16, vocab=30)
+    per_layer = ("fp16", "int8") if weights == "mixed" else weights
+    streams = fast_engine.AMX_STREAMS + 11
+    results = {}
+    for kernels in kernels_here():
+        logit_gap, state_gap, results[kernels] = follow(model, fast_engine.FastStepEngine(model, per_layer, kernels),
+                                                        streams=streams, steps=6)
+        assert 0 < logit_gap < LOGIT_TOLERANCE[weights] and state_gap < LOGIT_TOLERANCE[weights]
     for kernels, logits in results.items():
         np.testing.assert_allclose(logits, results["generic"], atol=2e-5, rtol=0, err_msg=kernels)
 
@@ -200,9 +218,11 @@ def test_the_weights_are_tried_fastest_first():
     assert [fast_engine.weights_name(w) for w in fast_engine.weight_ladder(3, int12=True)] == [
         "int8", "int12+int8+int8", "int12+int12+int8", "int12", "fp16"]
     assert fast_engine.weight_ladder(1, int12=True) == [("int8",), ("int12",), ("fp16",)]
-    # int12 only where it is fast: AVX-512 VNNI, and a stream or two
-    assert fast_engine.int12_is_fast(1) == (fast_engine.cpu_kernels() == "avx512vnni")
+    # int12 only where it is fast: AVX-512 VNNI for a stream or two, AMX tiles for many
+    kernels = fast_engine.cpu_kernels()
+    assert fast_engine.int12_is_fast(1) == (kernels in ("avx512vnni", "amx"))
     assert not fast_engine.int12_is_fast(fast_engine.INT12_STREAMS + 1)
+    assert fast_engine.int12_is_fast(fast_engine.AMX_STREAMS) == (kernels == "amx")
     model = small_model(layers=2)
     assert fast_engine.FastStepEngine(model, ("fp16", "int8")).weights == "fp16+int8"
     with pytest.raises(ValueError, match="one per layer"):
@@ -232,8 +252,8 @@ def test_where_int12_is_fast_a_checkpoint_where_int8_strays_is_sampled_with_int1
     engine = make_stepper(saturated_unit_model(1000.0, crowded_rows=True), SampleConfig())
     assert engine.weights == "fp16" and list(engine.probe_gaps) == ["int8", "int12", "fp16"]
     assert engine.probe_gaps["int12"] > ENGINE_TOLERANCE >= engine.probe_gap
-    # many streams: int12 is not tried (fp16 is faster there)
-    engine = make_stepper(saturated_unit_model(100.0, crowded_rows=True), SampleConfig(num_samples=8))
+    # more streams than the (patched) rule allows: int12 is not tried (fp16 is faster there)
+    engine = make_stepper(saturated_unit_model(100.0, crowded_rows=True), SampleConfig(num_samples=4))
     assert engine.weights == "fp16" and "int12" not in engine.probe_gaps
 
 

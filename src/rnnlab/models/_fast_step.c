@@ -44,9 +44,20 @@ Dimension legend: B = streams, V = vocabulary, H = hidden units, S = slots per u
 enum { CELL_LSTM, CELL_GRU, CELL_RNN };
 enum { WEIGHTS_INT8, WEIGHTS_FP16, WEIGHTS_INT12 };
 #define QUANTIZED(weights) ((weights) != WEIGHTS_FP16)
-enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_AVX512_VNNI };
-#define ISAS 4
-static const char *ISA_NAMES[ISAS] = {"generic", "avx2", "avx512", "avx512vnni"};
+enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_AVX512_VNNI, ISA_AMX };
+#define ISAS 5
+static const char *ISA_NAMES[ISAS] = {"generic", "avx2", "avx512", "avx512vnni", "amx"};
+/* AMX tiles (Sapphire Rapids and later): 16 streams x 16 rows x 64 columns per instruction. They
+   pay off only for many streams; below this many, the "amx" kernel set steps with the VNNI kernels. */
+#define AMX_STREAMS 8
+#if HAVE_X86 && defined(__linux__) && (__GNUC__ >= 11 || (defined(__clang__) && __clang_major__ >= 12))
+#define HAVE_AMX 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define HAVE_AMX 0
+#endif
 #define MAX_LAYERS 16
 #define COLUMN_BLOCK 64
 #define PROFILE_PARTS 4 /* input rounding, products, gate math, output layer (seconds, summed) */
@@ -61,6 +72,11 @@ typedef struct {
     const float *col_scale[MAX_LAYERS];/* int8, int12: (cols[k],), 0 on padding */
     int32_t *row_sum[MAX_LAYERS];      /* int8, int12: each row's sum of (high) weights (for VNNI's unsigned inputs) */
     const float *bias[MAX_LAYERS];     /* (S, H), slot-major; unused for layer 0 */
+    /* AMX: each int8/int12 layer's weights (int12: its high bytes, then its low bits as bytes) again, in
+       the tiles' layout (see amx_layout), made at the first step of AMX_STREAMS streams or more */
+    uint8_t *amx_w[MAX_LAYERS], *amx_lo[MAX_LAYERS];
+    int32_t *row_sum_lo[MAX_LAYERS];   /* int12: each row's sum of low bits */
+    int amx_ready;
     const float *table;                /* (V, S, H): the first layer's input term per token */
     const float *head_w, *head_b;      /* (ceil4(V), head_cols) fp32, (V,) */
     Py_buffer views[5 * MAX_LAYERS + 4];
@@ -335,11 +351,34 @@ INLINE void store(const Product *p, int b, int row, float dot) {
         if (row < e->vocab) p->pre[(long)b * e->vocab + row] = dot + e->head_b[row];
         return;
     }
-    int unit = row / e->slots, slot = row % e->slots;
+    int four = e->slots == 4; /* (S is 4 or 1: shifts, not a division per value) */
+    int unit = four ? row >> 2 : row, slot = four ? row & 3 : 0;
     long at = (long)slot * e->hidden + unit;
     if (QUANTIZED(e->weights[p->k])) dot *= e->row_scale[p->k][row] * p->x_scale[b];
     float add = p->k == 0 ? e->table[p->tokens[b] * (long)e->rows + at] : e->bias[p->k][at];
     p->pre[(long)b * e->rows + at] = dot + add;
+}
+
+/* store() for a tile of rows [block, block + nrows) and streams [b, b + ns) of one layer, its per-row
+   work (where the row goes, its scale) done once per tile: the same arithmetic as store() */
+INLINE void store_tile(const Product *p, int b, int ns, int block, int nrows, float dots[][16]) {
+    const Engine *e = p->e;
+    long at[16];
+    float row_scale[16];
+    int quantized = QUANTIZED(e->weights[p->k]);
+    for (int n = 0; n < nrows; n++) {
+        int row = block + n, four = e->slots == 4;
+        at[n] = (long)(four ? row & 3 : 0) * e->hidden + (four ? row >> 2 : row);
+        row_scale[n] = quantized ? e->row_scale[p->k][row] : 1.0f;
+    }
+    for (int s = 0; s < ns; s++) {
+        float x_scale = quantized ? p->x_scale[b + s] : 1.0f, *pre = p->pre + (long)(b + s) * e->rows;
+        const float *add = p->k == 0 ? e->table + p->tokens[b + s] * (long)e->rows : e->bias[p->k];
+        if (quantized)
+            for (int n = 0; n < nrows; n++) pre[at[n]] = dots[s][n] * (row_scale[n] * x_scale) + add[at[n]];
+        else
+            for (int n = 0; n < nrows; n++) pre[at[n]] = dots[s][n] + add[at[n]];
+    }
 }
 
 /* Rows in blocks of ROW_BLOCK, each block's weights (16 KB of int8 at 1024 columns) kept in L1 while
@@ -365,8 +404,15 @@ INLINE void store(const Product *p, int b, int row, float dot) {
             else                                                                                            \
                 TILE_F16((const uint16_t *)p->w + (long)row * p->cols, p->cols,                             \
                          (const float *)p->x + b * p->xs, p->xs, ns, out);                                  \
+            if (p->k < 0) {                                                                                 \
+                for (int s = 0; s < ns; s++)                                                                \
+                    for (int r = 0; r < 4 && row + r < r1; r++) store(p, b + s, row + r, out[s * 4 + r]);   \
+                continue;                                                                                   \
+            }                                                                                               \
+            float dots[4][16];                                                                              \
             for (int s = 0; s < ns; s++)                                                                    \
-                for (int r = 0; r < 4 && row + r < r1; r++) store(p, b + s, row + r, out[s * 4 + r]);       \
+                for (int r = 0; r < 4; r++) dots[s][r] = out[s * 4 + r];                                    \
+            store_tile(p, b, ns, row, r1 - row < 4 ? r1 - row : 4, dots);                                   \
         }
 
 INLINE void tile_i12_portable(const int8_t *w, const uint8_t *nib, long cols, const int8_t *x, long xs, int ns,
@@ -446,9 +492,97 @@ TARGET(AVX2) static void gates_avx2(int cell, int hidden, const float *pre, cons
 }
 #endif
 
+#if HAVE_AMX
+#define AMX VNNI ",amx-tile,amx-int8"
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* Every thread that uses the tiles configures them (8 tiles of 16 rows x 64 bytes) and releases them. */
+TARGET(AMX) static void amx_begin(void) {
+    TileConfig config;
+    memset(&config, 0, sizeof(config));
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) config.colsb[t] = 64, config.rows[t] = 16;
+    /* (GCC 12 does not see ldtilecfg read the struct and drops the stores above without this) */
+    __asm__ __volatile__("" : : "r"(&config) : "memory");
+    _tile_loadconfig(&config);
+}
+TARGET(AMX) static void amx_end(void) { _tile_release(); }
+
+/* Rows [r0, r1) (r0 a multiple of 16) of an int8 or int12 layer for every stream, 16 streams by 16 rows
+   a tile, the same exact integers as tile_i8_vnni_n and tile_i12_vnni_1. int8: tile 6 holds 16 rows x 64
+   columns of weights (in the tiles' layout), loaded once for up to 4 tiles of 16 streams' inputs (tile
+   4, shifted to unsigned: v + 128) whose products gather in tiles 0-3. int12: one tile of streams at a
+   time, its inputs' high bytes (+ 128) in tile 4 and low bytes in tile 5, the weights' high bytes in
+   tile 6 and low bits in tile 7, the four products in tiles 0-3. */
+TARGET(AMX) static void rows_amx(const Product *p, int r0, int r1) {
+    const Engine *e = p->e;
+    int k = p->k, int12 = e->weights[k] == WEIGHTS_INT12, group = int12 ? 16 : 64;
+    long cols = p->cols, blocks = cols / 64, xs = p->xs;
+    int32_t c[4][16][16];
+    for (int block = r0; block < r1; block += 16) {
+        const uint8_t *w = e->amx_w[k] + (long)(block / 16) * blocks * 1024;
+        const uint8_t *lo = int12 ? e->amx_lo[k] + (long)(block / 16) * blocks * 1024 : NULL;
+        for (int b = 0; b < p->batch; b += group) {
+            const uint8_t *x = (const uint8_t *)p->x + (long)b * xs;
+            int tiles = int12 ? 4 : (p->batch - b + 15) / 16 > 4 ? 4 : (p->batch - b + 15) / 16;
+            _tile_zero(0);
+            if (tiles > 1) _tile_zero(1);
+            if (tiles > 2) _tile_zero(2);
+            if (tiles > 3) _tile_zero(3);
+            for (long kb = 0; kb < blocks; kb++) {
+                _tile_loadd(6, w + kb * 1024, 64);
+                _tile_loadd(4, x + kb * 64, xs);
+                _tile_dpbusd(0, 4, 6);
+                if (int12) {
+                    _tile_loadd(5, x + cols + kb * 64, xs);
+                    _tile_loadd(7, lo + kb * 1024, 64);
+                    _tile_dpbusd(1, 5, 6); /* low input bytes . high weights */
+                    _tile_dpbusd(2, 4, 7); /* (high input bytes + 128) . low weights */
+                    _tile_dpbusd(3, 5, 7); /* low input bytes . low weights */
+                    continue;
+                }
+                if (tiles > 1) { _tile_loadd(4, x + 16 * xs + kb * 64, xs); _tile_dpbusd(1, 4, 6); }
+                if (tiles > 2) { _tile_loadd(4, x + 32 * xs + kb * 64, xs); _tile_dpbusd(2, 4, 6); }
+                if (tiles > 3) { _tile_loadd(4, x + 48 * xs + kb * 64, xs); _tile_dpbusd(3, 4, 6); }
+            }
+            _tile_stored(0, c[0], 64);
+            if (tiles > 1) _tile_stored(1, c[1], 64);
+            if (tiles > 2) _tile_stored(2, c[2], 64);
+            if (tiles > 3) _tile_stored(3, c[3], 64);
+            __asm__ __volatile__("" : : "r"(c) : "memory"); /* (GCC 12 does not see tilestored write c) */
+            int ns = p->batch - b < group ? p->batch - b : group, nrows = r1 - block < 16 ? r1 - block : 16;
+            float dots[64][16];
+            for (int s = 0; s < ns; s++)
+                for (int n = 0; n < nrows; n++) {
+                    int row = block + n;
+                    if (!int12) {
+                        dots[s][n] = (float)(c[s / 16][s % 16][n] - 128 * e->row_sum[k][row]); /* (in int32) */
+                        continue;
+                    }
+                    int64_t high = (int64_t)c[0][s][n] - 128 * (int64_t)e->row_sum[k][row];
+                    dots[s][n] = (float)(4096 * high + 16 * (int64_t)c[1][s][n] +
+                                         256 * ((int64_t)c[2][s][n] - 128 * (int64_t)e->row_sum_lo[k][row]) +
+                                         (int64_t)c[3][s][n]);
+                }
+            store_tile(p, b, ns, block, nrows, dots);
+        }
+    }
+}
+#endif
+
+/* Whether this step's int8/int12 products run on AMX tiles (with inputs shifted to unsigned). */
+static int amx_step(const Engine *e, int batch) { return e->isa == ISA_AMX && batch >= AMX_STREAMS; }
+
 static void rows(const Engine *e, const Product *p, int r0, int r1) {
+#if HAVE_AMX
+    if (p->k >= 0 && QUANTIZED(e->weights[p->k]) && amx_step(e, p->batch)) { rows_amx(p, r0, r1); return; }
+#endif
 #if HAVE_X86
-    if (e->isa == ISA_AVX512_VNNI) { rows_vnni(p, r0, r1); return; }
+    if (e->isa >= ISA_AVX512_VNNI) { rows_vnni(p, r0, r1); return; }
     if (e->isa == ISA_AVX512) { rows_avx512(p, r0, r1); return; }
     if (e->isa == ISA_AVX2) { rows_avx2(p, r0, r1); return; }
 #endif
@@ -481,6 +615,13 @@ static double now(void) {
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
+/* fmaxf and a clamp, inlined (GCC calls libm's fmaxf through the PLT): a NaN never wins, as with fmaxf */
+INLINE float larger(float a, float b) { return b > a ? b : a; }
+INLINE float clamped(float v, float bound) {
+    v = v > -bound ? v : -bound;
+    return v < bound ? v : bound;
+}
+
 /* layer k's inputs for stream b: [h of the layer below, new ; h of this layer, previous], padded */
 static void layer_input(const Engine *e, int k, int b, int batch, const float *h_old, const float *h_new, void *x,
                         float *scaled, float *x_scale) {
@@ -502,12 +643,13 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
         for (long j = 0; j < hsz; j++) scaled[j] = below[j] * cs[j];
     long used = below ? 2 * hsz : hsz;
     float largest = 0.0f;
-    for (long j = 0; j < used; j++) largest = fmaxf(largest, fabsf(scaled[j]));
+    for (long j = 0; j < used; j++) largest = larger(largest, fabsf(scaled[j]));
     /* int8 inputs (-127..127): int8 x int8 products summed in int32 lanes stay exact for any width
        a model has (a lane sums at most cols/8 of them), so every kernel set gets the same integers */
     /* (a state of NaN, infinities or all but zero gets scale 1 and clamped values, never an undefined
        float-to-int conversion) */
     int int12 = e->weights[k] == WEIGHTS_INT12;
+    int shift = amx_step(e, batch) ? 128 : 0; /* AMX multiplies unsigned inputs (see rows_amx) */
     float levels = int12 ? 32767.0f : 127.0f;
     float scale = largest > 1e-30f && isfinite(largest) ? largest / levels : 1.0f, inverse = 1.0f / scale;
     x_scale[b] = scale;
@@ -517,9 +659,9 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
         memset(vh + used, 0, cols - used);
         memset(vl + used, 0, cols - used);
         for (long j = 0; j < used; j++) {
-            float v = fminf(fmaxf(scaled[j] * inverse, -levels), levels);
+            float v = clamped(scaled[j] * inverse, levels);
             int32_t q = (int32_t)((v + 12582912.0f) - 12582912.0f);
-            vh[j] = (int8_t)(q >> 8); /* (arithmetic: the floor of q / 256) */
+            ((uint8_t *)vh)[j] = (uint8_t)((q >> 8) + shift); /* (arithmetic: the floor of q / 256) */
             vl[j] = (uint8_t)(q & 255);
         }
         return;
@@ -527,9 +669,9 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
     int8_t *xq = (int8_t *)x + (long)b * cols;
     memset(xq + used, 0, cols - used);
     for (long j = 0; j < used; j++) { /* round to nearest: |value| <= 127 < 2^22 */
-        float v = fminf(fmaxf(scaled[j] * inverse, -127.0f), 127.0f);
+        float v = clamped(scaled[j] * inverse, 127.0f);
         v = (v + 12582912.0f) - 12582912.0f;
-        xq[j] = (int8_t)(int32_t)v;
+        ((uint8_t *)xq)[j] = (uint8_t)((int32_t)v + shift);
     }
 }
 
@@ -555,8 +697,9 @@ static int run_step(Engine *e, const StepArgs *a, double *spent) {
     int batch = a->batch, cols_max = e->head_cols, profiling = a->profiling;
     for (int k = 0; k < e->layers; k++) cols_max = e->cols[k] > cols_max ? e->cols[k] : cols_max;
     int private_inputs = batch <= PRIVATE_INPUTS, copies = private_inputs ? (a->threads > 1 ? a->threads : 1) : 1;
-    size_t per_copy = (size_t)batch * cols_max;
-    void *x = malloc(copies * per_copy * sizeof(float)); /* int8 (int8 layers) or fp32 inputs */
+    int amx = amx_step(e, batch), streams = amx ? (batch + 15) / 16 * 16 : batch; /* (AMX: whole tiles) */
+    size_t per_copy = (size_t)streams * cols_max;
+    void *x = malloc(copies * per_copy * sizeof(float)); /* int8/int16 (int8/int12 layers) or fp32 inputs */
     float *scaled = malloc(copies * per_copy * sizeof(float)); /* int8: what x is rounded from */
     float *x_scale = malloc(copies * (size_t)batch * sizeof(float));
     /* the output layer reads the top layer's h in place where no column padding is needed */
@@ -567,6 +710,7 @@ static int run_step(Engine *e, const StepArgs *a, double *spent) {
         free(x), free(scaled), free(head_x), free(x_scale), free(pre);
         return -1;
     }
+    if (amx && streams > batch) memset(x, 0, per_copy * sizeof(float)); /* (the padding streams' inputs) */
     long hsz = e->hidden;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(forked_child ? 1 : a->threads) if (!forked_child && a->threads > 1)
@@ -578,7 +722,10 @@ static int run_step(Engine *e, const StepArgs *a, double *spent) {
         int thread = 0, threads = 1;
 #endif
         int u0, u1, b0, b1;
-        share(e->hidden, e->slots == 1 ? 4 : 1, thread, threads, &u0, &u1);
+        share(e->hidden, (amx ? 16 : 4) / e->slots, thread, threads, &u0, &u1); /* (whole tiles of rows) */
+#if HAVE_AMX
+        if (amx) amx_begin();
+#endif
         share(batch, 1, thread, threads, &b0, &b1);
         int copy = private_inputs && thread < copies ? thread : 0;
         void *my_x = (char *)x + copy * per_copy * sizeof(float);
@@ -626,6 +773,9 @@ static int run_step(Engine *e, const StepArgs *a, double *spent) {
                         a->tokens, a->logits, batch};
         rows(e, &head, v0, v1);
         if (thread == 0 && profiling) spent[3] += now() - t0;
+#if HAVE_AMX
+        if (amx) amx_end();
+#endif
     }
     free(x), free(scaled), free(head_x), free(x_scale), free(pre);
     return 0;
@@ -637,7 +787,7 @@ static void engine_free(PyObject *capsule) {
     Engine *e = PyCapsule_GetPointer(capsule, "rnnlab.fast_step.Engine");
     if (!e) return;
     for (int i = 0; i < e->nviews; i++) PyBuffer_Release(&e->views[i]);
-    for (int k = 0; k < e->layers; k++) free(e->row_sum[k]);
+    for (int k = 0; k < e->layers; k++) free(e->row_sum[k]), free(e->amx_w[k]), free(e->amx_lo[k]), free(e->row_sum_lo[k]);
     free(e);
 }
 
@@ -653,12 +803,27 @@ static const void *keep_view(Engine *e, PyObject *obj, Py_ssize_t bytes, const c
     return view->buf;
 }
 
+/* AMX needs the CPU's tiles and, on Linux, the kernel's leave to use them (asked once per process). */
+static int amx_usable(void) {
+#if HAVE_AMX
+    static int usable = -1;
+    if (usable < 0) {
+        unsigned a, b, c, d;
+        int tiles = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1); /* AMX-TILE, -INT8 */
+        usable = tiles && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    }
+    return usable;
+#else
+    return 0;
+#endif
+}
+
 static int cpu_isa(void) {
 #if HAVE_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-        return __builtin_cpu_supports("avx512vnni") ? ISA_AVX512_VNNI : ISA_AVX512;
+        return !__builtin_cpu_supports("avx512vnni") ? ISA_AVX512 : amx_usable() ? ISA_AMX : ISA_AVX512_VNNI;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         return ISA_AVX2;
 #endif
@@ -750,6 +915,35 @@ static PyObject *build(PyObject *self, PyObject *args) {
     return capsule;
 }
 
+/* The weights again in AMX's layout: per 16 rows and 64 columns, 1 KB whose line i holds columns 4i..4i+3
+   of each of the 16 rows (4 bytes per row); int12's low bits as bytes likewise. 0 or -1 (no memory). */
+static int amx_layout(Engine *e) {
+    int rows16 = (e->rows + 15) / 16 * 16, rows_padded = (e->rows + 3) / 4 * 4;
+    for (int k = 0; k < e->layers; k++) {
+        if (!QUANTIZED(e->weights[k])) continue;
+        long cols = e->cols[k], blocks = cols / 64, size = (long)rows16 / 16 * blocks * 1024;
+        int int12 = e->weights[k] == WEIGHTS_INT12;
+        free(e->amx_w[k]), free(e->amx_lo[k]), free(e->row_sum_lo[k]); /* (what a failed try left) */
+        e->amx_lo[k] = NULL, e->row_sum_lo[k] = NULL;
+        e->amx_w[k] = calloc(size, 1);
+        if (int12) e->amx_lo[k] = calloc(size, 1), e->row_sum_lo[k] = calloc(rows_padded, sizeof(int32_t));
+        if (!e->amx_w[k] || (int12 && (!e->amx_lo[k] || !e->row_sum_lo[k]))) return -1;
+        const int8_t *w = e->w[k];
+        for (int row = 0; row < rows_padded; row++)
+            for (long col = 0; col < cols; col++) {
+                long at = ((long)(row / 16) * blocks + col / 64) * 1024 + (col % 64) / 4 * 64 + (row % 16) * 4 + col % 4;
+                e->amx_w[k][at] = (uint8_t)w[row * cols + col];
+                if (int12) {
+                    int low = nibble(e->nibbles[k] + row * (cols / 2), col);
+                    e->amx_lo[k][at] = (uint8_t)low;
+                    e->row_sum_lo[k][row] += low;
+                }
+            }
+    }
+    e->amx_ready = 1;
+    return 0;
+}
+
 static Engine *engine_of(PyObject *capsule) {
     return PyCapsule_GetPointer(capsule, "rnnlab.fast_step.Engine");
 }
@@ -811,6 +1005,10 @@ static PyObject *step(PyObject *self, PyObject *args) {
                 goto done;
             }
         }
+    if (amx_step(e, (int)batch) && !e->amx_ready && amx_layout(e) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
     StepArgs a = {tokens, ptr[0], ptr[1], (float *)ptr[2], (float *)ptr[3], (float *)ptr[4], (int)batch,
                   threads < 1 ? 1 : threads, e->profiling};
     double spent[PROFILE_PARTS] = {0};
@@ -873,5 +1071,7 @@ PyMODINIT_FUNC PyInit__fast_step(void) {
 #ifdef _OPENMP
     pthread_atfork(NULL, NULL, note_fork);
 #endif
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "AMX_STREAMS", AMX_STREAMS) < 0) Py_CLEAR(m);
+    return m;
 }

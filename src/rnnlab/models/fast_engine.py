@@ -58,7 +58,8 @@ def available() -> bool:
 
 
 def cpu_kernels() -> str:
-    """The kernels this CPU runs: avx512vnni, avx512, avx2 or generic (portable C)."""
+    """The kernels this CPU runs: amx (AVX-512 VNNI, and AMX tiles for many streams), avx512vnni, avx512,
+    avx2 or generic (portable C)."""
     return _fast_step.isa() if _fast_step is not None else "none"
 
 
@@ -186,15 +187,19 @@ def weight_ladder(num_layers: int, fp16: bool = True, int12: bool = False) -> li
     return rungs + [("fp16",) * num_layers] if int12 and fp16 else rungs
 
 
-INT12_STREAMS = 2  # beyond this many streams, int12's four byte products per weight lose to fp16
+INT12_STREAMS = 2  # beyond this many streams, int12's four byte products per weight lose to fp16 on VNNI
+AMX_STREAMS = getattr(_fast_step, "AMX_STREAMS", 8)  # from this many streams on, the "amx" set uses its tiles
 
 
 def int12_is_fast(streams: int = 1) -> bool:
-    """Whether int12 weights beat fp16 here: on AVX-512 VNNI and for a stream or two, where the step waits
-    on its weights' bytes (int12 has 3 of every 4 of fp16's); with more streams the products bind, and
-    int12 needs four byte products per weight (two bytes of weight times two of input) against fp16's one
-    FMA. Other CPUs run it in portable C, which is correct but slow."""
-    return cpu_kernels() == "avx512vnni" and streams <= INT12_STREAMS
+    """Whether int12 weights beat fp16 here for `streams` streams: with AVX-512 VNNI for a stream or two,
+    where the step waits on its weights' bytes (int12 has 3 of every 4 of fp16's) — with more, the
+    products bind, and int12 needs four byte products per weight (two bytes of weight times two of input)
+    against fp16's one FMA; and with AMX tiles (AMX_STREAMS streams or more), which make those products
+    cheap. Other CPUs run int12 in portable C, which is correct but slow."""
+    kernels = cpu_kernels()
+    vnni = kernels in ("avx512vnni", "amx") and streams <= INT12_STREAMS
+    return vnni or (kernels == "amx" and streams >= AMX_STREAMS)
 
 
 def fp16_is_fast() -> bool:
