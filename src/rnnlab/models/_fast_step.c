@@ -375,7 +375,10 @@ INLINE void store_tile(const Product *p, int b, int ns, int block, int nrows, fl
         float x_scale = quantized ? p->x_scale[b + s] : 1.0f, *pre = p->pre + (long)(b + s) * e->rows;
         const float *add = p->k == 0 ? e->table + p->tokens[b + s] * (long)e->rows : e->bias[p->k];
         if (quantized)
-            for (int n = 0; n < nrows; n++) pre[at[n]] = dots[s][n] * (row_scale[n] * x_scale) + add[at[n]];
+            for (int n = 0; n < nrows; n++) {
+                float dot = dots[s][n] * (row_scale[n] * x_scale); /* (two statements: never fused into an FMA) */
+                pre[at[n]] = dot + add[at[n]];
+            }
         else
             for (int n = 0; n < nrows; n++) pre[at[n]] = dots[s][n] + add[at[n]];
     }
@@ -656,7 +659,7 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
     if (int12) { /* int16 inputs as their two bytes: high (signed) then low (unsigned), see tile_i12_generic */
         int8_t *vh = (int8_t *)x + 2 * (long)b * cols;
         uint8_t *vl = (uint8_t *)vh + cols;
-        memset(vh + used, 0, cols - used);
+        memset(vh + used, shift, cols - used); /* (the padding: 0, shifted as the rest) */
         memset(vl + used, 0, cols - used);
         for (long j = 0; j < used; j++) {
             float v = clamped(scaled[j] * inverse, levels);
@@ -667,7 +670,7 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
         return;
     }
     int8_t *xq = (int8_t *)x + (long)b * cols;
-    memset(xq + used, 0, cols - used);
+    memset(xq + used, shift, cols - used); /* (the padding: 0, shifted as the rest) */
     for (long j = 0; j < used; j++) { /* round to nearest: |value| <= 127 < 2^22 */
         float v = clamped(scaled[j] * inverse, 127.0f);
         v = (v + 12582912.0f) - 12582912.0f;
