@@ -355,6 +355,9 @@ def cpu_engine(model, weights, share_weights: bool = False):
 
     compiled = weights in fast_engine.WEIGHTS or not isinstance(weights, str)  # (or one of them per layer)
     if compiled and fast_engine.supports(model):
+        if "int12" in ((weights,) if isinstance(weights, str) else weights) and not fast_engine.int12_is_fast(1):
+            log.warning("warning: this CPU has no AVX-512 VNNI: int12 weights run in portable C, slower than fp16 "
+                        "(--engine-weights auto picks for this CPU)")
         try:
             return fast_engine.FastStepEngine(model, weights)
         except ValueError as error:  # (fp16: weights beyond its range)

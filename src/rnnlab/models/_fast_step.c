@@ -144,12 +144,19 @@ INLINE void tile_i12_generic(const int8_t *w, const uint8_t *nib, long cols, con
                              float *out) {
     for (int s = 0; s < ns; s++)
         for (int r = 0; r < 4; r++) {
-            const int8_t *vh = x + s * xs;
-            const uint8_t *vl = (const uint8_t *)vh + cols;
-            int64_t acc = 0;
-            for (long c = 0; c < cols; c++)
-                acc += (int64_t)(16 * w[r * cols + c] + nibble(nib + r * (cols / 2), c)) * (256 * vh[c] + vl[c]);
-            out[s * 4 + r] = (float)acc;
+            const int8_t *wr = w + r * cols, *vh = x + s * xs;
+            const uint8_t *nr = nib + r * (cols / 2), *vl = (const uint8_t *)vh + cols;
+            /* the four byte products' sums, as the VNNI kernel takes them (each exact in int32) */
+            int32_t hh = 0, lh = 0, hl = 0, ll = 0;
+            for (long block = 0; block < cols; block += 128)
+                for (int half = 0; half < 2; half++) { /* (two loops without a branch: they vectorize) */
+                    long c0 = block + 64 * half;
+                    for (int j = 0; j < 64; j++) {
+                        int32_t hi = wr[c0 + j], lo = half ? nr[block / 2 + j] >> 4 : nr[block / 2 + j] & 15;
+                        hh += hi * vh[c0 + j], lh += lo * vh[c0 + j], hl += hi * vl[c0 + j], ll += lo * vl[c0 + j];
+                    }
+                }
+            out[s * 4 + r] = (float)(4096 * (int64_t)hh + 256 * (int64_t)lh + 16 * (int64_t)hl + (int64_t)ll);
         }
 }
 INLINE float half_to_float(uint16_t h) {
