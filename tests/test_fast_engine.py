@@ -78,14 +78,15 @@ def test_every_kernel_set_follows_the_model_step(cell, weights, embedding, layer
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("weights", ["int8", "int12", "mixed"])
-def test_many_streams_take_amx_tiles_where_the_cpu_has_them_with_the_same_sums(cell, weights):
+@pytest.mark.parametrize("weights", ["int8", "int12", "mixed", "mixed12"])
+def test_many_streams_take_the_tiles_layout_where_the_cpu_has_vnni_with_the_same_sums(cell, weights):
     """From AMX_STREAMS streams on, the "amx" kernel set multiplies on AMX tiles (16 streams x 16 rows a
-    tile; 19 streams leave a partial tile, hidden 37 a partial row block): the same integers as every other
-    kernel set, so the same logits to float rounding of the gate math."""
+    tile), and from PACKED_STREAMS on the "avx512vnni" set multiplies the same layout's lines against each
+    stream's broadcast inputs (19 streams leave partial tiles and groups, hidden 37 a partial row block):
+    the same integers as every other kernel set, so the same logits to float rounding of the gate math."""
     model = small_model(cell, layers=2, hidden=37, embedding=16, vocab=30)
-    per_layer = ("fp16", "int8") if weights == "mixed" else weights
-    streams = fast_engine.AMX_STREAMS + 11
+    per_layer = (MIXED[weights], "int8") if weights in MIXED else weights
+    streams = max(fast_engine.AMX_STREAMS, fast_engine.PACKED_STREAMS) + 11
     results = {}
     for kernels in kernels_here():
         logit_gap, state_gap, results[kernels] = follow(model, fast_engine.FastStepEngine(model, per_layer, kernels),
@@ -218,11 +219,13 @@ def test_the_weights_are_tried_fastest_first():
     assert [fast_engine.weights_name(w) for w in fast_engine.weight_ladder(3, int12=True)] == [
         "int8", "int12+int8+int8", "int12+int12+int8", "int12", "fp16"]
     assert fast_engine.weight_ladder(1, int12=True) == [("int8",), ("int12",), ("fp16",)]
-    # int12 only where it is fast: AVX-512 VNNI for a stream or two, AMX tiles for many
+    # int12 only where it is fast: AVX-512 VNNI for a stream or two, and for many from the tiles' layout
     kernels = fast_engine.cpu_kernels()
-    assert fast_engine.int12_is_fast(1) == (kernels in ("avx512vnni", "amx"))
+    vnni = kernels in ("avx512vnni", "amx")
+    assert fast_engine.int12_is_fast(1) == vnni
     assert not fast_engine.int12_is_fast(fast_engine.INT12_STREAMS + 1)
-    assert fast_engine.int12_is_fast(fast_engine.AMX_STREAMS) == (kernels == "amx")
+    assert fast_engine.int12_is_fast(max(fast_engine.AMX_STREAMS, fast_engine.PACKED_STREAMS)) == vnni
+    assert fast_engine.int12_is_fast(64) == vnni
     model = small_model(layers=2)
     assert fast_engine.FastStepEngine(model, ("fp16", "int8")).weights == "fp16+int8"
     with pytest.raises(ValueError, match="one per layer"):

@@ -50,6 +50,9 @@ static const char *ISA_NAMES[ISAS] = {"generic", "avx2", "avx512", "avx512vnni",
 /* AMX tiles (Sapphire Rapids and later): 16 streams x 16 rows x 64 columns per instruction. They
    pay off only for many streams; below this many, the "amx" kernel set steps with the VNNI kernels. */
 #define AMX_STREAMS 8
+/* From this many streams on, AVX-512 VNNI without AMX multiplies int8/int12 layers from the tiles' layout
+   too (rows_packed_vnni): below it, the row-by-row kernels (tile_i8_vnni_n) read fewer bytes. */
+#define PACKED_STREAMS 8
 #if HAVE_X86 && defined(__linux__) && (__GNUC__ >= 11 || (defined(__clang__) && __clang_major__ >= 12))
 #define HAVE_AMX 1
 #include <cpuid.h>
@@ -584,14 +587,109 @@ TARGET(AMX) static void rows_amx(const Product *p, int r0, int r1) {
 }
 #endif
 
-/* Whether this step's int8/int12 products run on AMX tiles (with inputs shifted to unsigned). */
+#if HAVE_X86
+INLINE int32_t load32(const uint8_t *at) {
+    int32_t v;
+    memcpy(&v, at, 4);
+    return v;
+}
+/* Many streams on VNNI, from the tiles' layout (see amx_layout): each 64-byte line of weights holds 4
+   columns of 16 rows, and meets 4 bytes of a stream's inputs (shifted to unsigned) broadcast to its 16
+   lanes, so each row's sum gathers in its own lane and no horizontal sum is left (the row-by-row kernels
+   spend about as long summing lanes as multiplying at 512 columns). int8: RB row blocks of 16 rows x NS
+   streams; sums[s * RB + r][n] is row n of row block r for stream s, the same integer as rows_amx's. */
+TARGET(VNNI) INLINE void packed_i8_vnni_n(const uint8_t *w, long row_block_bytes, long lines, const uint8_t *x,
+                                          long xs, const int RB, const int NS, int32_t (*sums)[16]) {
+    __m512i acc[2][8];
+    for (int r = 0; r < RB; r++)
+        for (int s = 0; s < NS; s++) acc[r][s] = _mm512_setzero_si512();
+    for (long line = 0; line < lines; line++) {
+        __m512i wv[2];
+        for (int r = 0; r < RB; r++) wv[r] = _mm512_loadu_si512((const void *)(w + r * row_block_bytes + line * 64));
+        for (int s = 0; s < NS; s++) {
+            __m512i xv = _mm512_set1_epi32(load32(x + s * xs + line * 4));
+            for (int r = 0; r < RB; r++) acc[r][s] = _mm512_dpbusd_epi32(acc[r][s], xv, wv[r]);
+        }
+    }
+    for (int s = 0; s < NS; s++)
+        for (int r = 0; r < RB; r++) _mm512_storeu_si512((void *)sums[s * RB + r], acc[r][s]);
+}
+/* int12: one row block x NS streams, the four byte products of rows_amx (high input bytes + 128 and low
+   input bytes, times the weights' high bytes and low bits) in sums[s * 4 + part]. */
+TARGET(VNNI) INLINE void packed_i12_vnni_n(const uint8_t *w, const uint8_t *lo, long lines, const uint8_t *x,
+                                           long cols, long xs, const int NS, int32_t (*sums)[16]) {
+    __m512i acc[4][4];
+    for (int part = 0; part < 4; part++)
+        for (int s = 0; s < NS; s++) acc[part][s] = _mm512_setzero_si512();
+    for (long line = 0; line < lines; line++) {
+        __m512i high = _mm512_loadu_si512((const void *)(w + line * 64));
+        __m512i low = _mm512_loadu_si512((const void *)(lo + line * 64));
+        for (int s = 0; s < NS; s++) {
+            __m512i vh = _mm512_set1_epi32(load32(x + s * xs + line * 4));
+            __m512i vl = _mm512_set1_epi32(load32(x + s * xs + cols + line * 4));
+            acc[0][s] = _mm512_dpbusd_epi32(acc[0][s], vh, high);
+            acc[1][s] = _mm512_dpbusd_epi32(acc[1][s], vl, high);
+            acc[2][s] = _mm512_dpbusd_epi32(acc[2][s], vh, low);
+            acc[3][s] = _mm512_dpbusd_epi32(acc[3][s], vl, low);
+        }
+    }
+    for (int s = 0; s < NS; s++)
+        for (int part = 0; part < 4; part++) _mm512_storeu_si512((void *)sums[s * 4 + part], acc[part][s]);
+}
+/* Rows [r0, r1) (r0 a multiple of 16) of an int8 or int12 layer for every stream (whole groups of streams:
+   the inputs are padded to 16 streams, as for AMX). */
+TARGET(VNNI) static void rows_packed_vnni(const Product *p, int r0, int r1) {
+    const Engine *e = p->e;
+    int k = p->k, int12 = e->weights[k] == WEIGHTS_INT12, group = int12 ? 4 : 8;
+    long cols = p->cols, lines = cols / 4, xs = p->xs, row_block_bytes = cols / 64 * 1024;
+    int32_t sums[16][16];
+    float dots[8][16];
+    for (int block = r0; block < r1; block += int12 ? 16 : 32) {
+        int blocks = !int12 && r1 - block > 16 ? 2 : 1;
+        const uint8_t *w = e->amx_w[k] + (long)(block / 16) * row_block_bytes;
+        const uint8_t *lo = int12 ? e->amx_lo[k] + (long)(block / 16) * row_block_bytes : NULL;
+        for (int b = 0; b < p->batch; b += group) {
+            const uint8_t *x = (const uint8_t *)p->x + (long)b * xs;
+            int ns = p->batch - b < group ? p->batch - b : group;
+            if (int12) packed_i12_vnni_n(w, lo, lines, x, cols, xs, 4, sums);
+            else if (blocks == 2) packed_i8_vnni_n(w, row_block_bytes, lines, x, xs, 2, 8, sums);
+            else packed_i8_vnni_n(w, row_block_bytes, lines, x, xs, 1, 8, sums);
+            for (int r = 0; r < blocks; r++) {
+                int first = block + 16 * r, nrows = r1 - first < 16 ? r1 - first : 16;
+                for (int s = 0; s < ns; s++)
+                    for (int n = 0; n < nrows; n++) {
+                        int row = first + n;
+                        if (!int12) {
+                            dots[s][n] = (float)(sums[s * blocks + r][n] - 128 * e->row_sum[k][row]); /* (in int32) */
+                            continue;
+                        }
+                        const int32_t *part[4] = {sums[s * 4], sums[s * 4 + 1], sums[s * 4 + 2], sums[s * 4 + 3]};
+                        int64_t high = (int64_t)part[0][n] - 128 * (int64_t)e->row_sum[k][row];
+                        dots[s][n] = (float)(4096 * high + 16 * (int64_t)part[1][n] +
+                                             256 * ((int64_t)part[2][n] - 128 * (int64_t)e->row_sum_lo[k][row]) +
+                                             (int64_t)part[3][n]);
+                    }
+                store_tile(p, b, ns, first, nrows, dots);
+            }
+        }
+    }
+}
+#endif
+
+/* Whether this step's int8/int12 products run on AMX tiles. */
 static int amx_step(const Engine *e, int batch) { return e->isa == ISA_AMX && batch >= AMX_STREAMS; }
+/* Whether they run from the tiles' layout (AMX tiles or rows_packed_vnni), with inputs shifted to unsigned
+   and padded to whole tiles of 16 streams. */
+static int packed_step(const Engine *e, int batch) {
+    return amx_step(e, batch) || (e->isa == ISA_AVX512_VNNI && batch >= PACKED_STREAMS);
+}
 
 static void rows(const Engine *e, const Product *p, int r0, int r1) {
 #if HAVE_AMX
     if (p->k >= 0 && QUANTIZED(e->weights[p->k]) && amx_step(e, p->batch)) { rows_amx(p, r0, r1); return; }
 #endif
 #if HAVE_X86
+    if (p->k >= 0 && QUANTIZED(e->weights[p->k]) && packed_step(e, p->batch)) { rows_packed_vnni(p, r0, r1); return; }
     if (e->isa >= ISA_AVX512_VNNI) { rows_vnni(p, r0, r1); return; }
     if (e->isa == ISA_AVX512) { rows_avx512(p, r0, r1); return; }
     if (e->isa == ISA_AVX2) { rows_avx2(p, r0, r1); return; }
@@ -633,8 +731,8 @@ INLINE float clamped(float v, float bound) {
 }
 
 /* layer k's inputs for stream b: [h of the layer below, new ; h of this layer, previous], padded */
-static void layer_input(const Engine *e, int k, int b, int batch, const float *h_old, const float *h_new, void *x,
-                        float *scaled, float *x_scale) {
+INLINE void layer_input_body(const Engine *e, int k, int b, int batch, const float *h_old, const float *h_new,
+                             void *x, float *scaled, float *x_scale) {
     long hsz = e->hidden, cols = e->cols[k];
     const float *below = k > 0 ? h_new + ((long)(k - 1) * batch + b) * hsz : NULL;
     const float *own = h_old + ((long)k * batch + b) * hsz;
@@ -659,7 +757,7 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
     /* (a state of NaN, infinities or all but zero gets scale 1 and clamped values, never an undefined
        float-to-int conversion) */
     int int12 = e->weights[k] == WEIGHTS_INT12;
-    int shift = amx_step(e, batch) ? 128 : 0; /* AMX multiplies unsigned inputs (see rows_amx) */
+    int shift = packed_step(e, batch) ? 128 : 0; /* AMX and VNNI multiply unsigned inputs (see rows_amx) */
     float levels = int12 ? 32767.0f : 127.0f;
     float scale = largest > 1e-30f && isfinite(largest) ? largest / levels : 1.0f, inverse = 1.0f / scale;
     x_scale[b] = scale;
@@ -685,6 +783,31 @@ static void layer_input(const Engine *e, int k, int b, int batch, const float *h
     }
 }
 
+/* Compiled for each kernel set (the same exact roundings: no step is fused into another), so that many
+   streams' inputs are scaled and rounded in vectors. */
+static void layer_input_generic(const Engine *e, int k, int b, int batch, const float *h_old, const float *h_new,
+                                void *x, float *scaled, float *x_scale) {
+    layer_input_body(e, k, b, batch, h_old, h_new, x, scaled, x_scale);
+}
+#if HAVE_X86
+TARGET(AVX512) static void layer_input_avx512(const Engine *e, int k, int b, int batch, const float *h_old,
+                                              const float *h_new, void *x, float *scaled, float *x_scale) {
+    layer_input_body(e, k, b, batch, h_old, h_new, x, scaled, x_scale);
+}
+TARGET(AVX2) static void layer_input_avx2(const Engine *e, int k, int b, int batch, const float *h_old,
+                                          const float *h_new, void *x, float *scaled, float *x_scale) {
+    layer_input_body(e, k, b, batch, h_old, h_new, x, scaled, x_scale);
+}
+#endif
+static void layer_input(const Engine *e, int k, int b, int batch, const float *h_old, const float *h_new, void *x,
+                        float *scaled, float *x_scale) {
+#if HAVE_X86
+    if (e->isa >= ISA_AVX512) { layer_input_avx512(e, k, b, batch, h_old, h_new, x, scaled, x_scale); return; }
+    if (e->isa == ISA_AVX2) { layer_input_avx2(e, k, b, batch, h_old, h_new, x, scaled, x_scale); return; }
+#endif
+    layer_input_generic(e, k, b, batch, h_old, h_new, x, scaled, x_scale);
+}
+
 typedef struct {
     const int64_t *tokens;
     const float *h_old, *c_old;
@@ -707,7 +830,8 @@ static int run_step(Engine *e, const StepArgs *a, double *spent) {
     int batch = a->batch, cols_max = e->head_cols, profiling = a->profiling;
     for (int k = 0; k < e->layers; k++) cols_max = e->cols[k] > cols_max ? e->cols[k] : cols_max;
     int private_inputs = batch <= PRIVATE_INPUTS, copies = private_inputs ? (a->threads > 1 ? a->threads : 1) : 1;
-    int amx = amx_step(e, batch), streams = amx ? (batch + 15) / 16 * 16 : batch; /* (AMX: whole tiles) */
+    int amx = amx_step(e, batch), packed = packed_step(e, batch);
+    int streams = packed ? (batch + 15) / 16 * 16 : batch; /* (whole tiles of streams) */
     size_t per_copy = (size_t)streams * cols_max;
     void *x = malloc(copies * per_copy * sizeof(float)); /* int8/int16 (int8/int12 layers) or fp32 inputs */
     float *scaled = malloc(copies * per_copy * sizeof(float)); /* int8: what x is rounded from */
@@ -720,7 +844,7 @@ static int run_step(Engine *e, const StepArgs *a, double *spent) {
         free(x), free(scaled), free(head_x), free(x_scale), free(pre);
         return -1;
     }
-    if (amx && streams > batch) memset(x, 0, per_copy * sizeof(float)); /* (the padding streams' inputs) */
+    if (packed && streams > batch) memset(x, 0, per_copy * sizeof(float)); /* (the padding streams' inputs) */
     long hsz = e->hidden;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(forked_child ? 1 : a->threads) if (!forked_child && a->threads > 1)
@@ -732,7 +856,7 @@ static int run_step(Engine *e, const StepArgs *a, double *spent) {
         int thread = 0, threads = 1;
 #endif
         int u0, u1, b0, b1;
-        share(e->hidden, (amx ? 16 : 4) / e->slots, thread, threads, &u0, &u1); /* (whole tiles of rows) */
+        share(e->hidden, (packed ? 16 : 4) / e->slots, thread, threads, &u0, &u1); /* (whole tiles of rows) */
 #if HAVE_AMX
         if (amx) amx_begin();
 #endif
@@ -1015,7 +1139,7 @@ static PyObject *step(PyObject *self, PyObject *args) {
                 goto done;
             }
         }
-    if (amx_step(e, (int)batch) && !e->amx_ready && amx_layout(e) < 0) {
+    if (packed_step(e, (int)batch) && !e->amx_ready && amx_layout(e) < 0) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1083,5 +1207,6 @@ PyMODINIT_FUNC PyInit__fast_step(void) {
 #endif
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddIntConstant(m, "AMX_STREAMS", AMX_STREAMS) < 0) Py_CLEAR(m);
+    if (m && PyModule_AddIntConstant(m, "PACKED_STREAMS", PACKED_STREAMS) < 0) Py_CLEAR(m);
     return m;
 }

@@ -187,19 +187,21 @@ def weight_ladder(num_layers: int, fp16: bool = True, int12: bool = False) -> li
     return rungs + [("fp16",) * num_layers] if int12 and fp16 else rungs
 
 
-INT12_STREAMS = 2  # beyond this many streams, int12's four byte products per weight lose to fp16 on VNNI
+INT12_STREAMS = 2  # from 3 streams, int12's four byte products per weight lose to fp16 in the row-by-row VNNI kernels
 AMX_STREAMS = getattr(_fast_step, "AMX_STREAMS", 8)  # from this many streams on, the "amx" set uses its tiles
+PACKED_STREAMS = getattr(_fast_step, "PACKED_STREAMS", 8)  # ... and the "avx512vnni" set the tiles' layout
 
 
 def int12_is_fast(streams: int = 1) -> bool:
-    """Whether int12 weights beat fp16 here for `streams` streams: with AVX-512 VNNI for a stream or two,
-    where the step waits on its weights' bytes (int12 has 3 of every 4 of fp16's) — with more, the
-    products bind, and int12 needs four byte products per weight (two bytes of weight times two of input)
-    against fp16's one FMA; and with AMX tiles (AMX_STREAMS streams or more), which make those products
-    cheap. Other CPUs run int12 in portable C, which is correct but slow."""
+    """Whether int12 weights beat fp16 here for `streams` streams, which takes AVX-512 VNNI: for a stream or
+    two, where the step waits on its weights' bytes (int12 has 3 of every 4 of fp16's); and from
+    PACKED_STREAMS (AMX_STREAMS) streams on, where the products come from the tiles' layout (AMX tiles, or
+    VNNI lines of 4 columns x 16 rows against each stream's broadcast inputs, with no sums across lanes).
+    In between, the row-by-row kernels' four byte products per weight (two bytes of weight times two of
+    input) lose to fp16's one FMA. Other CPUs run int12 in portable C, which is correct but slow."""
     kernels = cpu_kernels()
-    vnni = kernels in ("avx512vnni", "amx") and streams <= INT12_STREAMS
-    return vnni or (kernels == "amx" and streams >= AMX_STREAMS)
+    packed = streams >= (AMX_STREAMS if kernels == "amx" else PACKED_STREAMS)
+    return kernels in ("avx512vnni", "amx") and (streams <= INT12_STREAMS or packed)
 
 
 def fp16_is_fast() -> bool:
