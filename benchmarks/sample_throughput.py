@@ -4,7 +4,7 @@ Prints characters/s, each the median of `--repeats` runs with its range (runs in
   * single stream, progressive, with each CPU engine: the compiled step (fast_engine: int8, int12 or
     fp16 for the first layer and int8 above, int12, fp16), the NumPy engine (cpu_engine: fbgemm int8
     and exact fp32); the one `rnnlab sample` picks by default is the fastest whose probe on this
-    checkpoint is within 1e-2 (int12 is tried only for one or two streams on AVX-512 VNNI);
+    checkpoint is within 1e-2 (int12 is tried with AVX-512 VNNI, for 1-2 or 8+ streams);
   * single stream, progressive, through the model's own torch step (--no-fast), for reference;
   * 64 streams generated as one batch (--num-samples 64), counting every stream's characters;
   * single stream, windowed: every character re-reads the last 100 characters (Algorithm 4).
