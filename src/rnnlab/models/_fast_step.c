@@ -614,61 +614,57 @@ TARGET(VNNI) INLINE void packed_i8_vnni_n(const uint8_t *w, long row_block_bytes
     for (int s = 0; s < NS; s++)
         for (int r = 0; r < RB; r++) _mm512_storeu_si512((void *)sums[s * RB + r], acc[r][s]);
 }
-/* int12: one row block x NS streams, the four byte products of rows_amx (high input bytes + 128 and low
-   input bytes, times the weights' high bytes and low bits) in sums[s * 4 + part]. */
-TARGET(VNNI) INLINE void packed_i12_vnni_n(const uint8_t *w, const uint8_t *lo, long lines, const uint8_t *x,
-                                           long cols, long xs, const int NS, int32_t (*sums)[16]) {
-    __m512i acc[4][4];
-    for (int part = 0; part < 4; part++)
-        for (int s = 0; s < NS; s++) acc[part][s] = _mm512_setzero_si512();
-    for (long line = 0; line < lines; line++) {
-        __m512i high = _mm512_loadu_si512((const void *)(w + line * 64));
-        __m512i low = _mm512_loadu_si512((const void *)(lo + line * 64));
+/* int12 without AMX: the weights whole, as int16 (a line holds 2 columns of 16 rows; see amx_layout),
+   against each stream's int16 inputs, 2 a broadcast: 32 products per vpdpwssd, half the instructions of
+   int12's four byte products. A lane's int32 sum moves to int64 every 16 lines (32 products of at most
+   2047 x 32767 stay under 2^31), so the sums are every kernel set's exact integers. One row block x NS
+   streams; sums[s] is the row block's 16 rows for stream s. */
+TARGET(VNNI) INLINE void packed_i12_vnni_n(const int16_t *w, long lines, const int16_t *x, long xs, const int NS,
+                                           int64_t (*sums)[16]) {
+    __m512i part[8], low[8], high[8];
+    for (int s = 0; s < NS; s++) low[s] = high[s] = _mm512_setzero_si512();
+    for (long start = 0; start < lines; start += 16) {
+        long end = start + 16 < lines ? start + 16 : lines;
+        for (int s = 0; s < NS; s++) part[s] = _mm512_setzero_si512();
+        for (long line = start; line < end; line++) {
+            __m512i wv = _mm512_loadu_si512((const void *)(w + line * 32));
+            for (int s = 0; s < NS; s++)
+                part[s] = _mm512_dpwssd_epi32(part[s], _mm512_set1_epi32(load32((const uint8_t *)(x + s * xs + line * 2))), wv);
+        }
         for (int s = 0; s < NS; s++) {
-            __m512i vh = _mm512_set1_epi32(load32(x + s * xs + line * 4));
-            __m512i vl = _mm512_set1_epi32(load32(x + s * xs + cols + line * 4));
-            acc[0][s] = _mm512_dpbusd_epi32(acc[0][s], vh, high);
-            acc[1][s] = _mm512_dpbusd_epi32(acc[1][s], vl, high);
-            acc[2][s] = _mm512_dpbusd_epi32(acc[2][s], vh, low);
-            acc[3][s] = _mm512_dpbusd_epi32(acc[3][s], vl, low);
+            low[s] = _mm512_add_epi64(low[s], _mm512_cvtepi32_epi64(_mm512_castsi512_si256(part[s])));
+            high[s] = _mm512_add_epi64(high[s], _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(part[s], 1)));
         }
     }
-    for (int s = 0; s < NS; s++)
-        for (int part = 0; part < 4; part++) _mm512_storeu_si512((void *)sums[s * 4 + part], acc[part][s]);
+    for (int s = 0; s < NS; s++) {
+        _mm512_storeu_si512((void *)sums[s], low[s]);
+        _mm512_storeu_si512((void *)(sums[s] + 8), high[s]);
+    }
 }
 /* Rows [r0, r1) (r0 a multiple of 16) of an int8 or int12 layer for every stream (whole groups of streams:
    the inputs are padded to 16 streams, as for AMX). */
 TARGET(VNNI) static void rows_packed_vnni(const Product *p, int r0, int r1) {
     const Engine *e = p->e;
-    int k = p->k, int12 = e->weights[k] == WEIGHTS_INT12, group = int12 ? 4 : 8;
+    int k = p->k, int12 = e->weights[k] == WEIGHTS_INT12, group = 8;
     long cols = p->cols, lines = cols / 4, xs = p->xs, row_block_bytes = cols / 64 * 1024;
     int32_t sums[16][16];
+    int64_t wide[8][16];
     float dots[8][16];
     for (int block = r0; block < r1; block += int12 ? 16 : 32) {
         int blocks = !int12 && r1 - block > 16 ? 2 : 1;
-        const uint8_t *w = e->amx_w[k] + (long)(block / 16) * row_block_bytes;
-        const uint8_t *lo = int12 ? e->amx_lo[k] + (long)(block / 16) * row_block_bytes : NULL;
+        const uint8_t *w = e->amx_w[k] + (long)(block / 16) * row_block_bytes * (int12 ? 2 : 1);
         for (int b = 0; b < p->batch; b += group) {
             const uint8_t *x = (const uint8_t *)p->x + (long)b * xs;
             int ns = p->batch - b < group ? p->batch - b : group;
-            if (int12) packed_i12_vnni_n(w, lo, lines, x, cols, xs, 4, sums);
+            if (int12) packed_i12_vnni_n((const int16_t *)w, cols / 2, (const int16_t *)x, xs / 2, 8, wide);
             else if (blocks == 2) packed_i8_vnni_n(w, row_block_bytes, lines, x, xs, 2, 8, sums);
             else packed_i8_vnni_n(w, row_block_bytes, lines, x, xs, 1, 8, sums);
             for (int r = 0; r < blocks; r++) {
                 int first = block + 16 * r, nrows = r1 - first < 16 ? r1 - first : 16;
                 for (int s = 0; s < ns; s++)
-                    for (int n = 0; n < nrows; n++) {
-                        int row = first + n;
-                        if (!int12) {
-                            dots[s][n] = (float)(sums[s * blocks + r][n] - 128 * e->row_sum[k][row]); /* (in int32) */
-                            continue;
-                        }
-                        const int32_t *part[4] = {sums[s * 4], sums[s * 4 + 1], sums[s * 4 + 2], sums[s * 4 + 3]};
-                        int64_t high = (int64_t)part[0][n] - 128 * (int64_t)e->row_sum[k][row];
-                        dots[s][n] = (float)(4096 * high + 16 * (int64_t)part[1][n] +
-                                             256 * ((int64_t)part[2][n] - 128 * (int64_t)e->row_sum_lo[k][row]) +
-                                             (int64_t)part[3][n]);
-                    }
+                    for (int n = 0; n < nrows; n++)
+                        dots[s][n] = int12 ? (float)wide[s][n] /* (int8: in int32) */
+                                           : (float)(sums[s * blocks + r][n] - 128 * e->row_sum[k][first + n]);
                 store_tile(p, b, ns, first, nrows, dots);
             }
         }
@@ -678,10 +674,14 @@ TARGET(VNNI) static void rows_packed_vnni(const Product *p, int r0, int r1) {
 
 /* Whether this step's int8/int12 products run on AMX tiles. */
 static int amx_step(const Engine *e, int batch) { return e->isa == ISA_AMX && batch >= AMX_STREAMS; }
-/* Whether they run from the tiles' layout (AMX tiles or rows_packed_vnni), with inputs shifted to unsigned
-   and padded to whole tiles of 16 streams. */
+/* Whether they run from the tiles' layout (AMX tiles or rows_packed_vnni), with inputs padded to whole
+   tiles of 16 streams and shifted to unsigned (but for int12 without AMX: whole int16 inputs). */
 static int packed_step(const Engine *e, int batch) {
     return amx_step(e, batch) || (e->isa == ISA_AVX512_VNNI && batch >= PACKED_STREAMS);
+}
+/* int12 layers held whole as int16 (VNNI without AMX, many streams: see packed_i12_vnni_n) */
+static int int12_whole(const Engine *e, int k, int batch) {
+    return e->weights[k] == WEIGHTS_INT12 && e->isa == ISA_AVX512_VNNI && packed_step(e, batch);
 }
 
 static void rows(const Engine *e, const Product *p, int r0, int r1) {
@@ -761,6 +761,15 @@ INLINE void layer_input_body(const Engine *e, int k, int b, int batch, const flo
     float levels = int12 ? 32767.0f : 127.0f;
     float scale = largest > 1e-30f && isfinite(largest) ? largest / levels : 1.0f, inverse = 1.0f / scale;
     x_scale[b] = scale;
+    if (int12_whole(e, k, batch)) { /* whole int16 inputs (see packed_i12_vnni_n) */
+        int16_t *v = (int16_t *)x + (long)b * cols;
+        memset(v + used, 0, (cols - used) * sizeof(int16_t));
+        for (long j = 0; j < used; j++) {
+            float q = clamped(scaled[j] * inverse, levels);
+            v[j] = (int16_t)(int32_t)((q + 12582912.0f) - 12582912.0f);
+        }
+        return;
+    }
     if (int12) { /* int16 inputs as their two bytes: high (signed) then low (unsigned), see tile_i12_generic */
         int8_t *vh = (int8_t *)x + 2 * (long)b * cols;
         uint8_t *vl = (uint8_t *)vh + cols;
@@ -1059,6 +1068,17 @@ static int amx_layout(Engine *e) {
         int int12 = e->weights[k] == WEIGHTS_INT12;
         free(e->amx_w[k]), free(e->amx_lo[k]), free(e->row_sum_lo[k]); /* (what a failed try left) */
         e->amx_lo[k] = NULL, e->row_sum_lo[k] = NULL;
+        if (int12 && e->isa != ISA_AMX) { /* whole int16 weights, a line = 2 columns x 16 rows (32 x 2 bytes) */
+            int16_t *whole = calloc(2 * size, 1);
+            e->amx_w[k] = (uint8_t *)whole;
+            if (!whole) return -1;
+            for (int row = 0; row < rows_padded; row++)
+                for (long col = 0; col < cols; col++)
+                    whole[((long)(row / 16) * (cols / 2) + col / 2) * 32 + (row % 16) * 2 + col % 2] =
+                        (int16_t)(16 * ((const int8_t *)e->w[k])[row * cols + col] +
+                                  nibble(e->nibbles[k] + row * (cols / 2), col));
+            continue;
+        }
         e->amx_w[k] = calloc(size, 1);
         if (int12) e->amx_lo[k] = calloc(size, 1), e->row_sum_lo[k] = calloc(rows_padded, sizeof(int32_t));
         if (!e->amx_w[k] || (int12 && (!e->amx_lo[k] || !e->row_sum_lo[k]))) return -1;
